@@ -1,0 +1,766 @@
+//! File output through io_uring, behind a synchronous API.
+//!
+//! Map and reduce tasks run on plain CPU threads, but `tokio-uring` futures are `!Send` and
+//! must run inside `tokio_uring`'s runtime. So the uring backend owns one dedicated thread
+//! (`quern-uring`) that runs the runtime, receives requests over an unbounded tokio
+//! channel (usable from synchronous code), spawns one local task per request and replies over
+//! a crossbeam channel. Open files live in a table on that thread; callers hold only an id.
+//!
+//! The [`Backend::Std`] backend does the same work with blocking `std::fs` calls on the
+//! caller's thread; it serves `--sequential` mode and machines without io_uring.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam::channel;
+use tokio::sync::mpsc;
+
+use crate::{Error, Result};
+
+/// Writes a [`FileWriter`] may have in flight at once (uring backend).
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Permission bits of created files (before the umask).
+const FILE_MODE: u32 = 0o644;
+
+/// Which implementation an [`IoService`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Asynchronous writes through io_uring on a dedicated I/O thread.
+    Uring,
+    /// Blocking `std::fs` calls on the caller's thread.
+    Std,
+}
+
+/// Handle to the file-output machinery. Cheap to clone (an `Arc` inside), `Send + Sync`.
+///
+/// With the uring backend the I/O thread lives until the last clone of the service (and the
+/// last [`FileWriter`] created from it) is dropped; the final drop joins the thread.
+#[derive(Clone)]
+pub struct IoService {
+    inner: Arc<Inner>,
+}
+
+enum Inner {
+    Std,
+    Uring(UringShared),
+}
+
+/// Owner of the uring thread. Field order matters: the sender drops first (closing the
+/// channel, which ends the thread's loop), then the thread is joined.
+struct UringShared {
+    tx: mpsc::UnboundedSender<Request>,
+    _thread: JoinOnDrop,
+}
+
+struct JoinOnDrop(Option<thread::JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            // The I/O thread never holds a service, but never join ourselves regardless.
+            if handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for IoService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoService")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl IoService {
+    /// Starts the io_uring I/O thread (named `quern-uring`).
+    ///
+    /// Before returning, the ring is probed by actually running operations on it (a no-op,
+    /// then opening `/dev/null`, writing one byte and closing it), so a kernel or sandbox that
+    /// refuses io_uring yields `Err(Error::Uring(..))` here rather than failures later.
+    pub fn uring() -> Result<IoService> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = channel::bounded::<io::Result<()>>(1);
+        let handle = thread::Builder::new()
+            .name("quern-uring".into())
+            .spawn(move || uring_thread(rx, ready_tx))
+            .map_err(|e| Error::Uring(format!("cannot spawn I/O thread: {e}")))?;
+        let thread = JoinOnDrop(Some(handle));
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(IoService {
+                inner: Arc::new(Inner::Uring(UringShared {
+                    tx,
+                    _thread: thread,
+                })),
+            }),
+            // `thread` joins the (exiting) I/O thread on drop.
+            Ok(Err(e)) => Err(Error::Uring(format!("cannot set up the ring: {e}"))),
+            Err(_) => Err(Error::Uring("I/O thread died during setup".into())),
+        }
+    }
+
+    /// The synchronous `std::fs` backend; starts no thread.
+    pub fn std() -> IoService {
+        IoService {
+            inner: Arc::new(Inner::Std),
+        }
+    }
+
+    /// [`IoService::uring`] if io_uring works here, else [`IoService::std`] (with a warning).
+    pub fn auto() -> IoService {
+        match IoService::uring() {
+            Ok(service) => service,
+            Err(e) => {
+                tracing::warn!("io_uring unavailable, falling back to blocking I/O: {e}");
+                IoService::std()
+            }
+        }
+    }
+
+    /// Which backend this service uses.
+    pub fn backend(&self) -> Backend {
+        match *self.inner {
+            Inner::Std => Backend::Std,
+            Inner::Uring(_) => Backend::Uring,
+        }
+    }
+
+    /// Creates (or truncates) `path` for writing, mode `0644` before the umask.
+    pub fn create(&self, path: &Path) -> Result<FileWriter> {
+        let state = match &*self.inner {
+            Inner::Std => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(FILE_MODE)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
+                State::Std(file)
+            }
+            Inner::Uring(shared) => {
+                let (reply, rx) = channel::bounded(1);
+                send(
+                    &shared.tx,
+                    Request::Open {
+                        path: path.to_path_buf(),
+                        reply,
+                    },
+                )?;
+                let id = wait(&rx)?.map_err(|e| Error::io(path, e))?;
+                State::Uring {
+                    service: self.clone(),
+                    id,
+                    pending: VecDeque::with_capacity(MAX_IN_FLIGHT),
+                }
+            }
+        };
+        Ok(FileWriter {
+            path: path.to_path_buf(),
+            len: 0,
+            state,
+            failed: false,
+            done: false,
+        })
+    }
+
+    fn sender(&self) -> Option<&mpsc::UnboundedSender<Request>> {
+        match &*self.inner {
+            Inner::Std => None,
+            Inner::Uring(shared) => Some(&shared.tx),
+        }
+    }
+}
+
+/// A file being written sequentially. `Send`: it may move between threads.
+///
+/// Call [`FileWriter::finish`] to learn whether everything reached the file; dropping an
+/// unfinished writer waits for its in-flight writes (ignoring errors) and closes the file,
+/// leaving whatever was written in place.
+pub struct FileWriter {
+    path: PathBuf,
+    len: u64,
+    state: State,
+    /// A write failed (and that error was returned once); later calls fail too.
+    failed: bool,
+    done: bool,
+}
+
+enum State {
+    Std(std::fs::File),
+    Uring {
+        /// Keeps the I/O thread alive while the file is open.
+        service: IoService,
+        /// The file's id in the I/O thread's table.
+        id: u64,
+        /// Completions of in-flight writes, oldest first.
+        pending: VecDeque<channel::Receiver<io::Result<()>>>,
+    },
+}
+
+impl fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("FileWriter");
+        d.field("path", &self.path).field("len", &self.len);
+        match &self.state {
+            State::Std(_) => d.field("backend", &Backend::Std),
+            State::Uring { pending, .. } => d
+                .field("backend", &Backend::Uring)
+                .field("in_flight", &pending.len()),
+        };
+        d.finish()
+    }
+}
+
+impl FileWriter {
+    /// Append `buf` at the current end.
+    ///
+    /// With the uring backend this only queues the write (the buffer's ownership goes to the
+    /// kernel op, no copy); at most 4 writes per file are in flight — when 4 are pending, this
+    /// waits for the oldest completion before queueing. Errors from earlier writes surface
+    /// here or in [`finish`](FileWriter::finish); after an error every later call fails.
+    pub fn write(&mut self, buf: Vec<u8>) -> Result<()> {
+        if self.failed {
+            return Err(earlier_failure(&self.path));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let n = buf.len() as u64;
+        let res = self.write_inner(buf);
+        if res.is_ok() {
+            self.len += n;
+        } else {
+            self.failed = true;
+        }
+        res
+    }
+
+    fn write_inner(&mut self, buf: Vec<u8>) -> Result<()> {
+        match &mut self.state {
+            State::Std(file) => file.write_all(&buf).map_err(|e| Error::io(&self.path, e)),
+            State::Uring {
+                service,
+                id,
+                pending,
+            } => {
+                while pending.len() >= MAX_IN_FLIGHT {
+                    reap_oldest(pending, &self.path)?;
+                }
+                let tx = service.sender().ok_or_else(stopped)?;
+                let (reply, rx) = channel::bounded(1);
+                send(
+                    tx,
+                    Request::Write {
+                        id: *id,
+                        buf,
+                        pos: self.len,
+                        reply,
+                    },
+                )?;
+                pending.push_back(rx);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes queued so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing has been queued yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Wait for all writes, fsync if `sync` (uring: the `sync_all` op), close. Returns total
+    /// bytes written.
+    pub fn finish(mut self, sync: bool) -> Result<u64> {
+        self.done = true;
+        let mut first_err = self.failed.then(|| earlier_failure(&self.path));
+        match &mut self.state {
+            State::Std(file) => {
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+                if sync {
+                    file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+                }
+                // Closed when `self` drops.
+            }
+            State::Uring {
+                service,
+                id,
+                pending,
+            } => {
+                while !pending.is_empty() {
+                    if let Err(e) = reap_oldest(pending, &self.path) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                // Always close, even after a failed write, so the fd is released.
+                let closed = close(service, *id, sync && first_err.is_none(), &self.path);
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+                closed?;
+            }
+        }
+        Ok(self.len)
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let State::Uring {
+            service,
+            id,
+            pending,
+            ..
+        } = &mut self.state
+        {
+            // Buffers and kernel ops must not outlive the writer: wait, ignoring errors.
+            while !pending.is_empty() {
+                let _ = reap_oldest(pending, &self.path);
+            }
+            if let Some(tx) = service.sender() {
+                let (reply, _) = channel::bounded(1);
+                let _ = tx.send(Request::Close {
+                    id: *id,
+                    sync: false,
+                    reply,
+                });
+            }
+        }
+    }
+}
+
+/// Makes `dir` durable: fsyncs the directory so a rename inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+fn stopped() -> Error {
+    Error::Uring("I/O thread stopped".into())
+}
+
+fn earlier_failure(path: &Path) -> Error {
+    Error::io(
+        path,
+        io::Error::other("an earlier write to this file failed"),
+    )
+}
+
+fn send(tx: &mpsc::UnboundedSender<Request>, req: Request) -> Result<()> {
+    tx.send(req).map_err(|_| stopped())
+}
+
+fn wait<T>(rx: &channel::Receiver<T>) -> Result<T> {
+    rx.recv().map_err(|_| stopped())
+}
+
+/// Waits for the oldest in-flight write of `pending`.
+fn reap_oldest(
+    pending: &mut VecDeque<channel::Receiver<io::Result<()>>>,
+    path: &Path,
+) -> Result<()> {
+    match pending.pop_front() {
+        Some(rx) => wait(&rx)?.map_err(|e| Error::io(path, e)),
+        None => Ok(()),
+    }
+}
+
+fn close(service: &IoService, id: u64, sync: bool, path: &Path) -> Result<()> {
+    let tx = service.sender().ok_or_else(stopped)?;
+    let (reply, rx) = channel::bounded(1);
+    send(tx, Request::Close { id, sync, reply })?;
+    wait(&rx)?.map_err(|e| Error::io(path, e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The I/O thread.
+
+/// Work for the I/O thread. Every reply channel has capacity 1, so replying never blocks.
+enum Request {
+    /// Create/truncate `path`; reply with the new file's id.
+    Open {
+        path: PathBuf,
+        reply: channel::Sender<io::Result<u64>>,
+    },
+    /// Write all of `buf` at `pos` (looping over short writes).
+    Write {
+        id: u64,
+        buf: Vec<u8>,
+        pos: u64,
+        reply: channel::Sender<io::Result<()>>,
+    },
+    /// Optionally fsync, then close and forget the file. The caller has no writes in flight.
+    Close {
+        id: u64,
+        sync: bool,
+        reply: channel::Sender<io::Result<()>>,
+    },
+}
+
+type FileTable = std::rc::Rc<std::cell::RefCell<HashMap<u64, std::rc::Rc<tokio_uring::fs::File>>>>;
+
+fn uring_thread(mut rx: mpsc::UnboundedReceiver<Request>, ready: channel::Sender<io::Result<()>>) {
+    // Not `tokio_uring::start`: it unwraps the ring setup, and we want the error.
+    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let probed = probe().await;
+        let ok = probed.is_ok();
+        let _ = ready.send(probed);
+        if !ok {
+            return;
+        }
+
+        let files: FileTable = Default::default();
+        let mut next_id = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                req = rx.recv() => match req {
+                    Some(req) => {
+                        let files = files.clone();
+                        match req {
+                            Request::Open { path, reply } => {
+                                let id = next_id;
+                                next_id += 1;
+                                tasks.spawn_local(open(files, id, path, reply));
+                            }
+                            Request::Write { id, buf, pos, reply } => {
+                                tasks.spawn_local(write(files, id, buf, pos, reply));
+                            }
+                            Request::Close { id, sync, reply } => {
+                                tasks.spawn_local(close_file(files, id, sync, reply));
+                            }
+                        }
+                    }
+                    // Every sender is gone: finish what was started, then exit.
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        // Files whose writers leaked: closed synchronously as the table drops.
+        files.borrow_mut().clear();
+    });
+}
+
+/// Checks that the ring really executes the operations we use.
+async fn probe() -> io::Result<()> {
+    tokio_uring::no_op().await?;
+    let file = tokio_uring::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .await?;
+    let (res, _) = file.write_all_at(vec![0u8], 0).await;
+    res?;
+    file.close().await
+}
+
+fn unknown_file() -> io::Error {
+    io::Error::other("quern-uring: unknown file id")
+}
+
+async fn open(files: FileTable, id: u64, path: PathBuf, reply: channel::Sender<io::Result<u64>>) {
+    let res = tokio_uring::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&path)
+        .await;
+    let res = res.map(|file| {
+        files.borrow_mut().insert(id, std::rc::Rc::new(file));
+        id
+    });
+    let _ = reply.send(res);
+}
+
+async fn write(
+    files: FileTable,
+    id: u64,
+    buf: Vec<u8>,
+    pos: u64,
+    reply: channel::Sender<io::Result<()>>,
+) {
+    let file = files.borrow().get(&id).cloned();
+    drop(files);
+    let res = match file {
+        // `write_all_at` loops over short writes and fails with `WriteZero` on a 0-byte one.
+        Some(file) => file.write_all_at(buf, pos).await.0,
+        None => Err(unknown_file()),
+    };
+    // `file` (our reference to it) is dropped before the caller can learn the write is done,
+    // so a following Close finds the table's reference unique.
+    let _ = reply.send(res);
+}
+
+async fn close_file(files: FileTable, id: u64, sync: bool, reply: channel::Sender<io::Result<()>>) {
+    let file = files.borrow_mut().remove(&id);
+    drop(files);
+    let Some(file) = file else {
+        let _ = reply.send(Err(unknown_file()));
+        return;
+    };
+    let synced = if sync { file.sync_all().await } else { Ok(()) };
+    let closed = match std::rc::Rc::try_unwrap(file) {
+        Ok(file) => file.close().await,
+        // Cannot happen (no writes in flight); the fd closes when the last reference drops.
+        Err(_) => Ok(()),
+    };
+    let _ = reply.send(synced.and(closed));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn backends() -> Vec<IoService> {
+        vec![IoService::std(), IoService::uring().unwrap()]
+    }
+
+    /// Deterministic pseudo-random buffer sizes, including empty and > 1 MiB.
+    fn buffers(seed: u64) -> Vec<Vec<u8>> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = vec![Vec::new(), vec![1], (0..=255u8).collect()];
+        out.push((0..(1 << 20) + 12_345).map(|_| next() as u8).collect());
+        for i in 0..40 {
+            let len = match next() % 4 {
+                0 => 0,
+                1 => (next() % 17) as usize,
+                2 => (next() % 70_000) as usize,
+                _ => (next() % 300_000) as usize,
+            };
+            let fill = (i as u8).wrapping_mul(31);
+            out.push((0..len).map(|j| fill ^ j as u8).collect());
+        }
+        out.push(vec![7; 3 << 20]);
+        out
+    }
+
+    fn write_and_check(service: &IoService, path: &Path, bufs: Vec<Vec<u8>>, sync: bool) {
+        let expected: Vec<u8> = bufs.concat();
+        let mut w = service.create(path).unwrap();
+        assert!(w.is_empty());
+        let mut queued = 0u64;
+        for b in bufs {
+            queued += b.len() as u64;
+            w.write(b).unwrap();
+            assert_eq!(w.len(), queued);
+        }
+        assert_eq!(w.is_empty(), expected.is_empty());
+        assert_eq!(w.finish(sync).unwrap(), expected.len() as u64);
+        let got = std::fs::read(path).unwrap();
+        assert_eq!(got.len(), expected.len(), "{}", path.display());
+        assert!(got == expected, "content mismatch in {}", path.display());
+    }
+
+    #[test]
+    fn uring_is_available_here() {
+        let s = IoService::uring().unwrap();
+        assert_eq!(s.backend(), Backend::Uring);
+        assert_eq!(IoService::std().backend(), Backend::Std);
+        assert_eq!(IoService::auto().backend(), Backend::Uring);
+    }
+
+    #[test]
+    fn writes_concatenate() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, s) in backends().iter().enumerate() {
+            let path = dir.path().join(format!("out-{i}"));
+            write_and_check(s, &path, buffers(i as u64), true);
+            write_and_check(s, &path, buffers(100 + i as u64), false); // truncates
+            write_and_check(s, &path, Vec::new(), true); // empty file
+            write_and_check(s, &path, vec![Vec::new(), Vec::new()], false);
+        }
+    }
+
+    #[test]
+    fn created_with_mode_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (i, s) in backends().iter().enumerate() {
+            let path = dir.path().join(format!("m-{i}"));
+            s.create(&path).unwrap().finish(false).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & !0o644, 0, "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn missing_directory_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("part-0");
+        for s in backends() {
+            let err = s.create(&path).unwrap_err();
+            assert!(matches!(err, Error::Io { .. }), "{err:?}");
+            assert!(err.is_user_error());
+            let msg = err.to_string();
+            assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn write_error_names_the_path() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let path = Path::new("/dev/full");
+        if !path.exists() {
+            return;
+        }
+        for s in backends() {
+            let mut w = match s.create(path) {
+                Ok(w) => w,
+                Err(_) => return, // not writable in this sandbox
+            };
+            let mut err = None;
+            for _ in 0..10 {
+                if let Err(e) = w.write(vec![0; 4096]) {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let err = match err {
+                Some(e) => {
+                    // Poisoned afterwards; finish still closes the file and reports failure.
+                    assert!(w.write(vec![1]).is_err());
+                    assert!(w.finish(false).is_err());
+                    e
+                }
+                None => w.finish(false).unwrap_err(),
+            };
+            assert!(err.to_string().contains("/dev/full"), "{err}");
+        }
+    }
+
+    #[test]
+    fn dropping_unfinished_writer_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, s) in backends().into_iter().enumerate() {
+            let path = dir.path().join(format!("d-{i}"));
+            let mut w = s.create(&path).unwrap();
+            for _ in 0..10 {
+                w.write(vec![b'x'; 1 << 20]).unwrap();
+            }
+            drop(w);
+            // Everything queued was waited for; the file stays.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 10 << 20);
+            // Service dropped while a writer is still alive: the writer keeps the thread up.
+            let mut w = s.create(&path).unwrap();
+            drop(s);
+            w.write(vec![1, 2, 3]).unwrap();
+            assert_eq!(w.finish(false).unwrap(), 3);
+            assert_eq!(std::fs::read(&path).unwrap(), [1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn many_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        for (b, s) in backends().into_iter().enumerate() {
+            thread::scope(|scope| {
+                for t in 0..4u64 {
+                    let s = s.clone();
+                    let dir = dir.path();
+                    scope.spawn(move || {
+                        let mut open: Vec<(PathBuf, FileWriter, Vec<u8>)> = (0..8u64)
+                            .map(|f| {
+                                let path = dir.join(format!("c-{b}-{t}-{f}"));
+                                let w = s.create(&path).unwrap();
+                                (path, w, Vec::new())
+                            })
+                            .collect();
+                        // Interleave writes across the 8 open files.
+                        for round in 0..20u64 {
+                            for (f, (_, w, expect)) in open.iter_mut().enumerate() {
+                                let len =
+                                    ((round * 7919 + f as u64 * 104_729 + t) % 50_000) as usize;
+                                let buf: Vec<u8> =
+                                    (0..len).map(|i| (i as u64 ^ round ^ t) as u8).collect();
+                                expect.extend_from_slice(&buf);
+                                w.write(buf).unwrap();
+                            }
+                        }
+                        for (path, w, expect) in open.drain(..) {
+                            assert_eq!(w.finish(false).unwrap(), expect.len() as u64);
+                            assert!(std::fs::read(&path).unwrap() == expect);
+                        }
+                    });
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn thread_exits_when_last_clone_drops() {
+        let s = IoService::uring().unwrap();
+        let s2 = s.clone();
+        let h = thread::spawn(move || s2.backend());
+        assert_eq!(h.join().unwrap(), Backend::Uring);
+        // The final drop joins the I/O thread; this must return.
+        drop(s);
+    }
+
+    #[test]
+    fn sync_dir_works_and_reports_path() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_dir(dir.path()).unwrap();
+        let missing = dir.path().join("gone");
+        let err = sync_dir(&missing).unwrap_err();
+        assert!(err.to_string().contains(&*missing.to_string_lossy()));
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn auto_traits() {
+        assert_send_sync::<IoService>();
+        assert_send::<FileWriter>();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn arbitrary_chunks_round_trip(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 0..40),
+            sync in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for (i, s) in backends().iter().enumerate() {
+                write_and_check(s, &dir.path().join(format!("p-{i}")), chunks.clone(), sync);
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The job model: what a user implements.
+//!
+//! A job is `map(record) -> (key, value)*`, an optional `combine`, a `partition(key) -> 0..R`
+//! and `reduce(key, values) -> bytes`. Keys and values are byte slices. The runtime calls
+//! `map` with slices that point into the memory-mapped input and copies each emitted pair
+//! exactly once (into the task's sort buffer); there is no per-record allocation.
+//!
+//! Ordering contract: inside a reduce partition, `reduce` is called once per distinct key in
+//! ascending bytewise key order, and sees that key's values in ascending bytewise order. The
+//! order therefore never depends on split sizes, spills, worker count or timing, which is
+//! what lets every execution mode produce byte-identical output.
+//!
+//! Map-only jobs (`R = 0`) skip sorting: each map task writes `key ++ value` of every emitted
+//! pair, in emit order, to its own part file.
+
+use std::path::PathBuf;
+
+/// How input files are cut into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Text lines. A record is a line without its `\n`; a final line without `\n` is a record.
+    Lines,
+    /// Fixed-size binary records of this many bytes (TeraSort: 100). A file whose size is not
+    /// a multiple of it is rejected.
+    Fixed(usize),
+    /// No input files: a range of row numbers, one record per row (`Record::offset` is the
+    /// row number, `data` is empty). Used by generators such as TeraGen.
+    Rows(u64),
+}
+
+/// One input file of a job, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Position in the job's (expanded, ordered) input list.
+    pub index: u32,
+    /// The file's path.
+    pub path: PathBuf,
+    /// The name shown to users (the path as given on the command line, or joined below a
+    /// directory that was given).
+    pub name: String,
+}
+
+/// The piece of input a map task reads.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitInfo<'a> {
+    /// The file (or, for [`InputFormat::Rows`], a synthetic entry named `rows`).
+    pub input: &'a InputFile,
+    /// First byte (or row) of the split.
+    pub start: u64,
+    /// Bytes (or rows) in the split.
+    pub len: u64,
+}
+
+/// One input record: a slice of the mapped input.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The record's bytes (a line without `\n`, or a fixed-size record).
+    pub data: &'a [u8],
+    /// Byte offset of the record in its file (row number for [`InputFormat::Rows`]).
+    pub offset: u64,
+    /// The file the record came from.
+    pub input: &'a InputFile,
+}
+
+/// Where emitted pairs go (a partitioned sort buffer, or a map-only output file).
+pub trait Sink {
+    /// Accepts one pair; the sink copies what it keeps.
+    fn emit(&mut self, key: &[u8], value: &[u8]);
+}
+
+/// Named counters of one task attempt, merged by the runtime from committed attempts only.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    values: Vec<(&'static str, u128)>,
+}
+
+impl Counters {
+    /// Adds `n` to counter `name`.
+    pub fn add(&mut self, name: &'static str, n: u128) {
+        match self.values.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, v)) => *v = v.wrapping_add(n),
+            None => self.values.push((name, n)),
+        }
+    }
+
+    /// Current value of `name` (0 if never counted).
+    pub fn get(&self, name: &str) -> u128 {
+        self.values
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// All counters, in first-use order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u128)> + '_ {
+        self.values.iter().copied()
+    }
+
+    /// Adds every counter of `other` into `self`.
+    pub fn merge(&mut self, other: &Counters) {
+        for (k, v) in other.iter() {
+            self.add(k, v);
+        }
+    }
+}
+
+/// What `map` and `map_split` use to emit pairs and count things.
+pub struct MapContext<'a> {
+    pub(crate) sink: &'a mut dyn Sink,
+    pub(crate) counters: &'a mut Counters,
+}
+
+impl std::fmt::Debug for MapContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapContext").field("counters", &self.counters).finish()
+    }
+}
+
+impl<'a> MapContext<'a> {
+    /// A context over any sink (for tests and tools that run `map` outside the runtime).
+    pub fn new(sink: &'a mut dyn Sink, counters: &'a mut Counters) -> Self {
+        MapContext { sink, counters }
+    }
+
+    /// Emits one intermediate pair. Both slices are copied; they may point anywhere.
+    #[inline]
+    pub fn emit(&mut self, key: &[u8], value: &[u8]) {
+        self.sink.emit(key, value);
+    }
+
+    /// Adds `n` to the task's counter `name`.
+    pub fn count(&mut self, name: &'static str, n: u128) {
+        self.counters.add(name, n);
+    }
+}
+
+/// What `reduce` uses to write output and count things.
+#[derive(Debug)]
+pub struct ReduceContext<'a> {
+    pub(crate) out: &'a mut Vec<u8>,
+    pub(crate) counters: &'a mut Counters,
+}
+
+impl<'a> ReduceContext<'a> {
+    /// A context writing into `out` (for tests and tools).
+    pub fn new(out: &'a mut Vec<u8>, counters: &'a mut Counters) -> Self {
+        ReduceContext { out, counters }
+    }
+
+    /// Appends bytes to the partition's output file.
+    #[inline]
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Adds `n` to the task's counter `name`.
+    pub fn count(&mut self, name: &'static str, n: u128) {
+        self.counters.add(name, n);
+    }
+}
+
+/// A MapReduce job. Implementations are shared by all task threads (`Send + Sync`) and must
+/// be deterministic: re-executing a task must emit the same pairs.
+pub trait Job: Send + Sync {
+    /// The job's name, for logs and reports.
+    fn name(&self) -> &str;
+
+    /// How the job's input is cut into records.
+    fn input_format(&self) -> InputFormat;
+
+    /// Maps one record.
+    fn map(&self, record: &Record<'_>, ctx: &mut MapContext<'_>);
+
+    /// Maps a whole split. The default calls [`Job::map`] per record; override it to keep
+    /// state across the records of a split (in-mapper combining, per-split summaries, or
+    /// generating a range of rows at once).
+    fn map_split(
+        &self,
+        split: &SplitInfo<'_>,
+        records: &mut dyn Iterator<Item = Record<'_>>,
+        ctx: &mut MapContext<'_>,
+    ) {
+        let _ = split;
+        for record in records {
+            self.map(&record, ctx);
+        }
+    }
+
+    /// True if [`Job::combine`] should be applied to sorted map output before it is written.
+    fn has_combiner(&self) -> bool {
+        false
+    }
+
+    /// Folds the values of one key from one map task into fewer values (e.g. summing counts).
+    /// Called only when [`Job::has_combiner`] is true; must not change the final result of
+    /// `reduce`.
+    fn combine(
+        &self,
+        key: &[u8],
+        values: &mut dyn Iterator<Item = &[u8]>,
+        emit: &mut dyn FnMut(&[u8]),
+    ) {
+        let _ = key;
+        for v in values {
+            emit(v);
+        }
+    }
+
+    /// The reduce partition (`0..reducers`) of `key`. Default: a stable 64-bit hash
+    /// (xxh3, the same on every machine and version) modulo `reducers`.
+    fn partition(&self, key: &[u8], reducers: u32) -> u32 {
+        hash_partition(key, reducers)
+    }
+
+    /// Reduces all values of one key, writing output bytes to `ctx`.
+    fn reduce(
+        &self,
+        key: &[u8],
+        values: &mut dyn Iterator<Item = &[u8]>,
+        ctx: &mut ReduceContext<'_>,
+    );
+}
+
+/// The default partitioner: xxh3-64 of the key modulo `reducers`.
+pub fn hash_partition(key: &[u8], reducers: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(reducers.max(1))) as u32
+}

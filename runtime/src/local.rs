@@ -1,0 +1,226 @@
+//! Runs a whole job on this machine: a pool of task threads (one per core), or — with
+//! `sequential` — every task in order on the calling thread (the paper's §4.7 debugging
+//! mode, and the reference the other modes are compared against byte for byte).
+//!
+//! Phases: plan (expand inputs, cut splits — errors here leave nothing on disk) → claim the
+//! output directory → map tasks → reduce tasks (or, for map-only jobs, one part per map) →
+//! job commit. Any failure aborts the job and removes everything it wrote.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::input::{plan_splits, rows_input, Split};
+use crate::io::IoService;
+use crate::job::{Counters, InputFile, InputFormat, Job};
+use crate::map::{run_map, run_map_only, MapEnv, MapOutput, RunFile};
+use crate::output::OutputDir;
+use crate::reduce::run_reduce;
+use crate::{Error, Result};
+
+/// How to run a job locally.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Task threads (ignored when `sequential`).
+    pub threads: usize,
+    /// Run everything on the calling thread, with synchronous std I/O.
+    pub sequential: bool,
+    /// Reduce partitions; 0 makes a map-only job.
+    pub reducers: u32,
+    /// Split size in bytes (rows for [`InputFormat::Rows`]).
+    pub split_size: u64,
+    /// Sort-buffer memory for all concurrently running tasks together, bytes.
+    pub memory: u64,
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Counters summed over the committed attempts.
+    pub counters: Counters,
+    /// Number of map tasks.
+    pub map_tasks: usize,
+    /// Number of reduce tasks.
+    pub reduce_tasks: usize,
+    /// The committed part files, in partition order.
+    pub parts: Vec<PathBuf>,
+    /// Wall time from planning to commit.
+    pub elapsed: Duration,
+}
+
+/// The splits of a job, ready to run.
+#[derive(Debug)]
+pub struct Plan {
+    /// Inputs, in order (one synthetic entry for row-range jobs).
+    pub inputs: Vec<InputFile>,
+    /// One split per map task.
+    pub splits: Vec<Split>,
+}
+
+/// Plans `job` over `inputs` (already expanded, see [`crate::input::expand_inputs`]).
+pub fn plan(job: &dyn Job, inputs: Vec<InputFile>, split_size: u64) -> Result<Plan> {
+    let format = job.input_format();
+    let inputs = if matches!(format, InputFormat::Rows(_)) {
+        vec![rows_input()]
+    } else {
+        inputs
+    };
+    let splits = plan_splits(&inputs, format, split_size)?;
+    Ok(Plan { inputs, splits })
+}
+
+/// Runs `job` to completion, writing its output under `output`.
+pub fn run_job(job: &dyn Job, inputs: Vec<InputFile>, output: &Path, cfg: &LocalConfig) -> Result<JobReport> {
+    let started = Instant::now();
+    let plan = plan(job, inputs, cfg.split_size)?;
+    let out = OutputDir::create(output)?;
+    match execute(job, &plan, &out, cfg) {
+        Ok((counters, reduce_tasks)) => {
+            let parts = out
+                .commit_job(if cfg.reducers == 0 { plan.splits.len() } else { reduce_tasks })
+                .inspect_err(|_| out.abort())?;
+            Ok(JobReport {
+                counters,
+                map_tasks: plan.splits.len(),
+                reduce_tasks,
+                parts,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            out.abort();
+            Err(e)
+        }
+    }
+}
+
+fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Result<(Counters, usize)> {
+    let (io, threads) = if cfg.sequential {
+        (IoService::std(), 1)
+    } else {
+        (IoService::auto(), cfg.threads.max(1))
+    };
+    let work_dir = out.work_dir();
+    let slots = threads.min(plan.splits.len().max(1));
+    let memory = usize::try_from(cfg.memory / slots as u64).unwrap_or(usize::MAX).max(1 << 20);
+    let env = MapEnv {
+        io: &io,
+        work_dir: &work_dir,
+        reducers: cfg.reducers,
+        memory,
+    };
+    let mut counters = Counters::default();
+    let map_task = |i: usize| -> Result<(Option<MapOutput>, Counters)> {
+        let split = &plan.splits[i];
+        let input = &plan.inputs[split.file as usize];
+        guarded(&format!("map {i} ({}:{})", input.name, split.start), || {
+            if cfg.reducers == 0 {
+                let tmp = out.attempt_file(i, 0);
+                let c = run_map_only(job, input, split, &tmp, &io)?;
+                out.commit_task(&tmp, i)?;
+                Ok((None, c))
+            } else {
+                let (o, c) = run_map(job, input, split, &format!("map-{i:05}"), &env)?;
+                Ok((Some(o), c))
+            }
+        })
+    };
+    let maps = run_pool(threads, plan.splits.len(), map_task)?;
+    let mut runs: Vec<RunFile> = Vec::new();
+    for (o, c) in maps {
+        counters.merge(&c);
+        runs.extend(o.into_iter().flat_map(|o| o.runs));
+    }
+    if cfg.reducers == 0 {
+        return Ok((counters, 0));
+    }
+    let run_refs: Vec<&RunFile> = runs.iter().collect();
+    let reduce_task = |part: usize| -> Result<Counters> {
+        guarded(&format!("reduce {part}"), || {
+            let tmp = out.attempt_file(part, 0);
+            let c = run_reduce(job, &run_refs, part, &tmp, &io)?;
+            out.commit_task(&tmp, part)?;
+            Ok(c)
+        })
+    };
+    for c in run_pool(threads, cfg.reducers as usize, reduce_task)? {
+        counters.merge(&c);
+    }
+    Ok((counters, cfg.reducers as usize))
+}
+
+/// Runs `f`, turning a panic in user code into a task error.
+fn guarded<T>(task: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(Error::TaskPanicked {
+                task: task.to_string(),
+                message,
+            })
+        }
+    }
+}
+
+/// Runs tasks `0..n` on `threads` threads; results come back in task order. The first
+/// error stops the pool from starting new tasks and is returned.
+fn run_pool<T: Send>(threads: usize, n: usize, task: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    if threads <= 1 || n <= 1 {
+        return (0..n).map(&task).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    std::thread::scope(|scope| {
+        for t in 0..threads.min(n) {
+            let (tx, next, failed, task) = (tx.clone(), &next, &failed, &task);
+            std::thread::Builder::new()
+                .name(format!("quern-task-{t}"))
+                .spawn_scoped(scope, move || loop {
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = task(i);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                })
+                .map_err(|e| Error::io("task thread", e))?;
+        }
+        Ok::<(), Error>(())
+    })?;
+    drop(tx);
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut first_err: Option<(usize, Error)> = None;
+    for (i, r) in rx.iter() {
+        match r {
+            Ok(v) => results[i] = Some(v),
+            Err(e) => {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_err = Some((i, e));
+                }
+            }
+        }
+    }
+    if let Some((_, e)) = first_err {
+        return Err(e);
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.ok_or_else(|| Error::Usage(format!("task {i} did not run"))))
+        .collect()
+}

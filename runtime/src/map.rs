@@ -1,0 +1,372 @@
+//! Map tasks: read a split in place, partition + sort + combine emitted pairs, and write
+//! them as runs of framed rkyv blocks (or, for map-only jobs, straight to a part file).
+//!
+//! Memory: each emitted pair is copied once into the task's arena, and a 24-byte [`Entry`]
+//! points at it. When arena + entries exceed the task's budget, the buffer is sorted by
+//! (partition, key, value) and written as one *run* file: for each partition a contiguous
+//! segment of blocks, whose byte ranges are kept in [`RunFile::segments`]. The last run is
+//! written when the split is done. Reducers merge all runs of all maps.
+
+use std::path::{Path, PathBuf};
+
+use quern_shuffle::BlockWriter;
+
+use crate::input::{Split, SplitData};
+use crate::io::{FileWriter, IoService};
+use crate::job::{Counters, InputFile, Job, MapContext, Sink, SplitInfo};
+use crate::{Error, Result};
+
+/// Bytes handed to the I/O layer per write.
+pub(crate) const CHUNK: usize = 4 << 20;
+/// Target payload of one block.
+pub const BLOCK_BYTES: usize = 512 << 10;
+
+/// One sorted run written by a map task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFile {
+    /// Where the run lives.
+    pub path: PathBuf,
+    /// `(offset, len)` of each partition's segment in the file.
+    pub segments: Vec<(u64, u64)>,
+}
+
+/// What a map task leaves for the reducers.
+#[derive(Debug, Clone, Default)]
+pub struct MapOutput {
+    /// The runs, in the order they were written.
+    pub runs: Vec<RunFile>,
+}
+
+/// Everything a map task needs besides its split.
+#[derive(Debug)]
+pub struct MapEnv<'a> {
+    /// The I/O backend for run files.
+    pub io: &'a IoService,
+    /// Directory for run files.
+    pub work_dir: &'a Path,
+    /// Number of reduce partitions (0 = map-only).
+    pub reducers: u32,
+    /// Sort buffer budget of this task, bytes.
+    pub memory: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// First 8 key bytes, big-endian, zero-padded: orders like the key itself.
+    prefix: u64,
+    off: u32,
+    klen: u32,
+    vlen: u32,
+    part: u32,
+}
+
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// The partitioned sort buffer; spills runs when full.
+struct SortBuffer<'a> {
+    job: &'a dyn Job,
+    env: &'a MapEnv<'a>,
+    name: String,
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+    runs: Vec<RunFile>,
+    error: Option<Error>,
+    counters: Counters,
+}
+
+impl SortBuffer<'_> {
+    fn used(&self) -> usize {
+        self.arena.len() + self.entries.len() * std::mem::size_of::<Entry>()
+    }
+
+    fn key(&self, e: &Entry) -> &[u8] {
+        &self.arena[e.off as usize..e.off as usize + e.klen as usize]
+    }
+
+    fn value(&self, e: &Entry) -> &[u8] {
+        let start = e.off as usize + e.klen as usize;
+        &self.arena[start..start + e.vlen as usize]
+    }
+
+    fn sort(&mut self) {
+        let arena = &self.arena;
+        let key = |e: &Entry| &arena[e.off as usize..e.off as usize + e.klen as usize];
+        let value = |e: &Entry| {
+            let s = e.off as usize + e.klen as usize;
+            &arena[s..s + e.vlen as usize]
+        };
+        self.entries.sort_unstable_by(|a, b| {
+            (a.part, a.prefix)
+                .cmp(&(b.part, b.prefix))
+                .then_with(|| key(a).cmp(key(b)))
+                .then_with(|| value(a).cmp(value(b)))
+        });
+    }
+
+    /// Sorts the buffer and writes it as one run file; empties the buffer.
+    fn spill(&mut self) -> Result<()> {
+        if self.entries.is_empty() && !self.runs.is_empty() {
+            return Ok(());
+        }
+        self.sort();
+        let path = self
+            .env
+            .work_dir
+            .join(format!("{}-run{}.qrun", self.name, self.runs.len()));
+        let mut file = self.env.io.create(&path)?;
+        let mut out = Vec::with_capacity(CHUNK + BLOCK_BYTES * 2);
+        let mut blocks = BlockWriter::new(BLOCK_BYTES);
+        let mut segments = Vec::with_capacity(self.env.reducers as usize);
+        let mut scratch: Vec<u8> = Vec::new();
+        let mut scratch_ends: Vec<usize> = Vec::new();
+        let mut order: Vec<usize> = Vec::new();
+        let combine = self.job.has_combiner();
+        let n = self.entries.len();
+        let mut i = 0;
+        let mut records_out = 0u128;
+        for part in 0..self.env.reducers {
+            let seg_start = file.len() + out.len() as u64;
+            while i < n && self.entries[i].part == part {
+                let key = self.key(&self.entries[i]);
+                let mut j = i + 1;
+                while j < n && self.entries[j].part == part && self.key(&self.entries[j]) == key {
+                    j += 1;
+                }
+                if combine && j - i > 1 {
+                    scratch.clear();
+                    scratch_ends.clear();
+                    let mut values = self.entries[i..j].iter().map(|e| self.value(e));
+                    self.job.combine(key, &mut values, &mut |v: &[u8]| {
+                        scratch.extend_from_slice(v);
+                        scratch_ends.push(scratch.len());
+                    });
+                    let value_at = |k: usize| {
+                        let s = if k == 0 { 0 } else { scratch_ends[k - 1] };
+                        &scratch[s..scratch_ends[k]]
+                    };
+                    order.clear();
+                    order.extend(0..scratch_ends.len());
+                    order.sort_unstable_by(|&a, &b| value_at(a).cmp(value_at(b)));
+                    for &k in &order {
+                        push(&mut blocks, key, value_at(k), &mut out, &path)?;
+                    }
+                    records_out += order.len() as u128;
+                } else {
+                    for e in &self.entries[i..j] {
+                        push(&mut blocks, key, self.value(e), &mut out, &path)?;
+                    }
+                    records_out += (j - i) as u128;
+                }
+                i = j;
+                if out.len() >= CHUNK {
+                    file.write(std::mem::replace(&mut out, Vec::with_capacity(CHUNK + BLOCK_BYTES * 2)))?;
+                }
+            }
+            blocks
+                .flush(&mut out)
+                .map_err(|e| corrupt(&path, file.len(), e))?;
+            let seg_end = file.len() + out.len() as u64;
+            segments.push((seg_start, seg_end - seg_start));
+        }
+        if !out.is_empty() {
+            file.write(out)?;
+        }
+        let bytes = file.finish(false)?;
+        self.counters.add("map.output.records", records_out);
+        self.counters.add("map.output.bytes", u128::from(bytes));
+        self.counters.add("map.spills", 1);
+        self.runs.push(RunFile { path, segments });
+        self.arena.clear();
+        self.entries.clear();
+        Ok(())
+    }
+}
+
+fn push(blocks: &mut BlockWriter, key: &[u8], value: &[u8], out: &mut Vec<u8>, path: &Path) -> Result<()> {
+    blocks.push(key, value, out).map_err(|e| corrupt(path, 0, e))
+}
+
+fn corrupt(path: &Path, offset: u64, source: quern_shuffle::BlockError) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        source,
+    }
+}
+
+impl Sink for SortBuffer<'_> {
+    #[inline]
+    fn emit(&mut self, key: &[u8], value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let size = key.len() + value.len();
+        if !self.entries.is_empty()
+            && (self.used() + size + std::mem::size_of::<Entry>() > self.env.memory
+                || self.arena.len() + size > u32::MAX as usize)
+        {
+            if let Err(e) = self.spill() {
+                self.error = Some(e);
+                return;
+            }
+        }
+        if size > u32::MAX as usize {
+            self.error = Some(Error::Usage(format!(
+                "map emitted a {size}-byte record; the limit is 4 GiB"
+            )));
+            return;
+        }
+        let part = self.job.partition(key, self.env.reducers);
+        debug_assert!(part < self.env.reducers, "partition out of range");
+        let off = self.arena.len() as u32;
+        self.arena.extend_from_slice(key);
+        self.arena.extend_from_slice(value);
+        self.entries.push(Entry {
+            prefix: key_prefix(key),
+            off,
+            klen: key.len() as u32,
+            vlen: value.len() as u32,
+            part: part.min(self.env.reducers - 1),
+        });
+    }
+}
+
+/// Map-only output: `key ++ value` in emit order, straight to a file.
+struct DirectSink {
+    file: Option<FileWriter>,
+    out: Vec<u8>,
+    error: Option<Error>,
+    records: u128,
+}
+
+impl Sink for DirectSink {
+    #[inline]
+    fn emit(&mut self, key: &[u8], value: &[u8]) {
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(value);
+        self.records += 1;
+        if self.out.len() >= CHUNK && self.error.is_none() {
+            let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK + 4096));
+            if let Some(file) = self.file.as_mut() {
+                if let Err(e) = file.write(chunk) {
+                    self.error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `job`'s map over one split, producing sorted runs in `env.work_dir`.
+pub fn run_map(
+    job: &dyn Job,
+    input: &InputFile,
+    split: &Split,
+    name: &str,
+    env: &MapEnv<'_>,
+) -> Result<(MapOutput, Counters)> {
+    let format = job.input_format();
+    let data = SplitData::open(input, split, format)?;
+    let mut records = data.records(input, split, format);
+    let mut buffer = SortBuffer {
+        job,
+        env,
+        name: name.to_string(),
+        arena: Vec::new(),
+        entries: Vec::new(),
+        runs: Vec::new(),
+        error: None,
+        counters: Counters::default(),
+    };
+    let mut counters = Counters::default();
+    let info = SplitInfo {
+        input,
+        start: split.start,
+        len: split.len,
+    };
+    let mut counted = CountingRecords {
+        inner: &mut records,
+        n: 0,
+    };
+    {
+        let mut ctx = MapContext::new(&mut buffer, &mut counters);
+        job.map_split(&info, &mut counted, &mut ctx);
+    }
+    let records_in = counted.n;
+    if let Some(e) = buffer.error.take() {
+        return Err(e);
+    }
+    buffer.spill()?;
+    counters.merge(&buffer.counters);
+    counters.add("map.input.records", records_in);
+    counters.add("map.input.bytes", u128::from(if matches!(format, crate::InputFormat::Rows(_)) { 0 } else { split.len }));
+    Ok((MapOutput { runs: buffer.runs }, counters))
+}
+
+/// Runs a map-only task: the output goes to `out_path` (not yet committed).
+pub fn run_map_only(
+    job: &dyn Job,
+    input: &InputFile,
+    split: &Split,
+    out_path: &Path,
+    io: &IoService,
+) -> Result<Counters> {
+    let format = job.input_format();
+    let data = SplitData::open(input, split, format)?;
+    let mut records = data.records(input, split, format);
+    let mut sink = DirectSink {
+        file: Some(io.create(out_path)?),
+        out: Vec::with_capacity(CHUNK + 4096),
+        error: None,
+        records: 0,
+    };
+    let mut counters = Counters::default();
+    let info = SplitInfo {
+        input,
+        start: split.start,
+        len: split.len,
+    };
+    let mut counted = CountingRecords {
+        inner: &mut records,
+        n: 0,
+    };
+    {
+        let mut ctx = MapContext::new(&mut sink, &mut counters);
+        job.map_split(&info, &mut counted, &mut ctx);
+    }
+    let records_in = counted.n;
+    if let Some(e) = sink.error.take() {
+        return Err(e);
+    }
+    let mut file = sink.file.take().ok_or_else(|| Error::Uring("writer gone".into()))?;
+    if !sink.out.is_empty() {
+        file.write(std::mem::take(&mut sink.out))?;
+    }
+    let bytes = file.finish(true)?;
+    counters.add("map.input.records", records_in);
+    counters.add("map.output.records", sink.records);
+    counters.add("output.bytes", u128::from(bytes));
+    Ok(counters)
+}
+
+struct CountingRecords<'r, I> {
+    inner: &'r mut I,
+    n: u128,
+}
+
+impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_, I> {
+    type Item = crate::Record<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let r = self.inner.next();
+        if r.is_some() {
+            self.n += 1;
+        }
+        r
+    }
+}

@@ -1,0 +1,204 @@
+//! Reduce tasks: merge one partition of every map run, group by key, call `reduce`, and
+//! write the partition's part file.
+//!
+//! Each segment is memory-mapped; every block is validated once (checksum, rkyv bytecheck,
+//! record table) when the merge first reaches it, and its records are then read in place —
+//! the merge moves slices, never bytes. The heap orders cursors by (key, value, run), so each
+//! key's values reach `reduce` in ascending bytewise order regardless of which map produced
+//! them.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+use quern_shuffle::{FrameIter, ValidBlock};
+
+use crate::input::map_file;
+use crate::io::FileWriter;
+use crate::job::{Counters, Job, ReduceContext};
+use crate::map::{RunFile, CHUNK};
+use crate::{Error, Result};
+
+/// One partition's segment of one run, mapped in memory.
+#[derive(Debug)]
+pub struct Segment {
+    path: std::path::PathBuf,
+    offset: u64,
+    map: Option<Mmap>,
+}
+
+impl Segment {
+    /// Maps partition `part` of `run` (an empty segment maps nothing).
+    pub fn open(run: &RunFile, part: usize) -> Result<Segment> {
+        let (offset, len) = run.segments.get(part).copied().ok_or_else(|| {
+            Error::Usage(format!("{} has no partition {part}", run.path.display()))
+        })?;
+        let map = if len == 0 {
+            None
+        } else {
+            let file = File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
+            Some(map_file(&file, &run.path, offset, len)?)
+        };
+        Ok(Segment {
+            path: run.path.clone(),
+            offset,
+            map,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// A position in one run's sorted stream.
+struct Cursor<'a> {
+    frames: FrameIter<'a>,
+    block: Option<ValidBlock<'a>>,
+    idx: usize,
+    key: &'a [u8],
+    value: &'a [u8],
+    run: usize,
+    segment: &'a Segment,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(segment: &'a Segment, run: usize) -> Result<Option<Self>> {
+        let mut c = Cursor {
+            frames: FrameIter::new(segment.bytes()),
+            block: None,
+            idx: 0,
+            key: &[],
+            value: &[],
+            run,
+            segment,
+        };
+        Ok(if c.load_block()? { Some(c) } else { None })
+    }
+
+    /// Moves to the next non-empty block; false at the end of the segment.
+    fn load_block(&mut self) -> Result<bool> {
+        loop {
+            let at = self.frames.position() as u64;
+            match self.frames.next() {
+                None => return Ok(false),
+                Some(Err(source)) => {
+                    return Err(Error::Corrupt {
+                        path: self.segment.path.clone(),
+                        offset: self.segment.offset + at,
+                        source,
+                    })
+                }
+                Some(Ok(block)) if block.is_empty() => continue,
+                Some(Ok(block)) => {
+                    (self.key, self.value) = block.record(0);
+                    self.block = Some(block);
+                    self.idx = 0;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Advances one record; false when the run is exhausted.
+    fn advance(&mut self) -> Result<bool> {
+        let Some(block) = self.block else {
+            return Ok(false);
+        };
+        self.idx += 1;
+        if self.idx < block.len() {
+            (self.key, self.value) = block.record(self.idx);
+            return Ok(true);
+        }
+        self.load_block()
+    }
+}
+
+impl PartialEq for Cursor<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Cursor<'_> {}
+impl PartialOrd for Cursor<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Cursor<'_> {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the smallest record first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .key
+            .cmp(self.key)
+            .then_with(|| other.value.cmp(self.value))
+            .then_with(|| other.run.cmp(&self.run))
+    }
+}
+
+/// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
+/// output through `out`. Returns the task's counters.
+pub fn reduce_segments(job: &dyn Job, segments: &[Segment], out: &mut FileWriter) -> Result<Counters> {
+    let mut heap = BinaryHeap::with_capacity(segments.len());
+    for (run, segment) in segments.iter().enumerate() {
+        if let Some(c) = Cursor::new(segment, run)? {
+            heap.push(c);
+        }
+    }
+    let mut counters = Counters::default();
+    let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
+    let mut values: Vec<&[u8]> = Vec::new();
+    let (mut keys, mut records) = (0u128, 0u128);
+    while let Some(mut top) = heap.pop() {
+        let key = top.key;
+        values.clear();
+        values.push(top.value);
+        if top.advance()? {
+            heap.push(top);
+        }
+        while let Some(mut next) = heap.peek_mut() {
+            if next.key != key {
+                break;
+            }
+            values.push(next.value);
+            if !next.advance()? {
+                std::collections::binary_heap::PeekMut::pop(next);
+            }
+        }
+        keys += 1;
+        records += values.len() as u128;
+        let mut ctx = ReduceContext::new(&mut buf, &mut counters);
+        job.reduce(key, &mut values.iter().copied(), &mut ctx);
+        if buf.len() >= CHUNK {
+            out.write(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + (64 << 10))))?;
+        }
+    }
+    if !buf.is_empty() {
+        out.write(buf)?;
+    }
+    counters.add("reduce.input.keys", keys);
+    counters.add("reduce.input.records", records);
+    Ok(counters)
+}
+
+/// Runs reduce partition `part` over all `runs`, writing to `out_path` (fsynced, not yet
+/// committed).
+pub fn run_reduce(
+    job: &dyn Job,
+    runs: &[&RunFile],
+    part: usize,
+    out_path: &Path,
+    io: &crate::io::IoService,
+) -> Result<Counters> {
+    let segments = runs
+        .iter()
+        .map(|run| Segment::open(run, part))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = io.create(out_path)?;
+    let mut counters = reduce_segments(job, &segments, &mut out)?;
+    let bytes = out.finish(true)?;
+    counters.add("output.bytes", u128::from(bytes));
+    Ok(counters)
+}
