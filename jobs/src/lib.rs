@@ -1,1 +1,15 @@
-//! placeholder
+//! quern's built-in jobs and the `quern` command line.
+//!
+//! - [`gensort`]: the Sort Benchmark's record generator (gensort-compatible).
+//! - [`tera`]: TeraGen, TeraSort (sampled range partitioner), TeraValidate.
+//! - [`grep`]: regex search in input order, and `-c` counts.
+//! - [`text`]: word count and inverted index over Unicode words.
+//! - [`cli`]: argument parsing, job setup, summaries and exit codes.
+//!
+//! Jobs only implement [`quern_runtime::Job`]; they know nothing of files, threads or I/O.
+
+pub mod cli;
+pub mod gensort;
+pub mod grep;
+pub mod tera;
+pub mod text;

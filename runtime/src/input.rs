@@ -97,14 +97,22 @@ pub fn rows_input() -> InputFile {
 ///
 /// Empty files get one empty split, so every file is seen by some map task. For
 /// [`InputFormat::Rows`], `files` is ignored and the rows are cut into `split_size`-row splits.
-pub fn plan_splits(files: &[InputFile], format: InputFormat, split_size: u64) -> Result<Vec<Split>> {
+pub fn plan_splits(
+    files: &[InputFile],
+    format: InputFormat,
+    split_size: u64,
+) -> Result<Vec<Split>> {
     let split_size = split_size.max(1);
     let mut splits = Vec::new();
     if let InputFormat::Rows(rows) = format {
         let mut start = 0;
         while start < rows {
             let len = split_size.min(rows - start);
-            splits.push(Split { file: 0, start, len });
+            splits.push(Split {
+                file: 0,
+                start,
+                len,
+            });
             start += len;
         }
         return Ok(splits);
@@ -178,9 +186,25 @@ pub fn plan_splits(files: &[InputFile], format: InputFormat, split_size: u64) ->
     Ok(splits)
 }
 
+/// Cuts `rows` row numbers into exactly `min(parts, rows)` contiguous splits whose sizes
+/// differ by at most one (split `k` starts at row `k·rows/parts`).
+pub fn plan_row_splits(rows: u64, parts: u64) -> Vec<Split> {
+    let parts = parts.clamp(1, rows.max(1));
+    let at = |k: u64| (u128::from(k) * u128::from(rows) / u128::from(parts)) as u64;
+    (0..parts)
+        .map(|k| Split {
+            file: 0,
+            start: at(k),
+            len: at(k + 1) - at(k),
+        })
+        .filter(|s| s.len > 0)
+        .collect()
+}
+
 /// Memory-maps `len` bytes of `file` from `offset` (read-only).
 pub fn map_file(file: &File, path: &Path, offset: u64, len: u64) -> Result<Mmap> {
-    let len = usize::try_from(len).map_err(|_| Error::Usage(format!("{}: too large to map", path.display())))?;
+    let len = usize::try_from(len)
+        .map_err(|_| Error::Usage(format!("{}: too large to map", path.display())))?;
     // SAFETY: the mapping is read-only and private to this process. memmap2's contract is
     // that the file must not be truncated or modified while mapped; quern's documented
     // invariant is that job inputs and committed map outputs are immutable for the job's
@@ -226,7 +250,11 @@ impl SplitData {
             data: self.bytes(),
             pos: 0,
             base: split.start,
-            rows_left: if matches!(format, InputFormat::Rows(_)) { split.len } else { 0 },
+            rows_left: if matches!(format, InputFormat::Rows(_)) {
+                split.len
+            } else {
+                0
+            },
             format,
             input,
         }
@@ -299,7 +327,11 @@ mod tests {
         p
     }
 
-    fn read_all(files: &[InputFile], splits: &[Split], format: InputFormat) -> Vec<(u32, u64, Vec<u8>)> {
+    fn read_all(
+        files: &[InputFile],
+        splits: &[Split],
+        format: InputFormat,
+    ) -> Vec<(u32, u64, Vec<u8>)> {
         let mut got = Vec::new();
         for s in splits {
             let input = &files[s.file as usize];
@@ -376,7 +408,12 @@ mod tests {
         let files = expand_inputs(&[path]).unwrap();
         let err = plan_splits(&files, InputFormat::Fixed(100), 64).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("bad.bin") && msg.contains("byte 200") && msg.contains("multiple of the 100-byte"), "{msg}");
+        assert!(
+            msg.contains("bad.bin")
+                && msg.contains("byte 200")
+                && msg.contains("multiple of the 100-byte"),
+            "{msg}"
+        );
         assert!(err.is_user_error());
     }
 
@@ -390,7 +427,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         write_file(&dir.path().join("sub"), "c", b"3\n");
         let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap().to_string()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["a", "b", "c"]);
     }
 
@@ -406,8 +446,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_file(dir.path(), "empty", b"");
         let files = expand_inputs(&[path]).unwrap();
-        assert_eq!(plan_splits(&files, InputFormat::Lines, 10).unwrap(), vec![Split { file: 0, start: 0, len: 0 }]);
+        assert_eq!(
+            plan_splits(&files, InputFormat::Lines, 10).unwrap(),
+            vec![Split {
+                file: 0,
+                start: 0,
+                len: 0
+            }]
+        );
         let rows = plan_splits(&[], InputFormat::Rows(25), 10).unwrap();
-        assert_eq!(rows.iter().map(|s| (s.start, s.len)).collect::<Vec<_>>(), [(0, 10), (10, 10), (20, 5)]);
+        assert_eq!(
+            rows.iter().map(|s| (s.start, s.len)).collect::<Vec<_>>(),
+            [(0, 10), (10, 10), (20, 5)]
+        );
     }
 }

@@ -112,7 +112,9 @@ pub struct MapContext<'a> {
 
 impl std::fmt::Debug for MapContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MapContext").field("counters", &self.counters).finish()
+        f.debug_struct("MapContext")
+            .field("counters", &self.counters)
+            .finish()
     }
 }
 

@@ -27,4 +27,4 @@ pub use job::{
     hash_partition, Counters, InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Sink,
     SplitInfo,
 };
-pub use local::{run_job, JobReport, LocalConfig};
+pub use local::{plan, run_job, run_planned, JobReport, LocalConfig, Plan};

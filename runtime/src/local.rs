@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use quern_scheduler::{Phase, TaskId};
+
 use crate::input::{plan_splits, rows_input, Split};
 use crate::io::IoService;
 use crate::job::{Counters, InputFile, InputFormat, Job};
@@ -58,9 +60,9 @@ pub struct Plan {
     pub splits: Vec<Split>,
 }
 
-/// Plans `job` over `inputs` (already expanded, see [`crate::input::expand_inputs`]).
-pub fn plan(job: &dyn Job, inputs: Vec<InputFile>, split_size: u64) -> Result<Plan> {
-    let format = job.input_format();
+/// Plans a job reading `format` over `inputs` (already expanded, see
+/// [`crate::input::expand_inputs`]). Fails on bad input before anything is written.
+pub fn plan(format: InputFormat, inputs: Vec<InputFile>, split_size: u64) -> Result<Plan> {
     let inputs = if matches!(format, InputFormat::Rows(_)) {
         vec![rows_input()]
     } else {
@@ -70,15 +72,34 @@ pub fn plan(job: &dyn Job, inputs: Vec<InputFile>, split_size: u64) -> Result<Pl
     Ok(Plan { inputs, splits })
 }
 
-/// Runs `job` to completion, writing its output under `output`.
-pub fn run_job(job: &dyn Job, inputs: Vec<InputFile>, output: &Path, cfg: &LocalConfig) -> Result<JobReport> {
+/// Plans and runs `job` to completion, writing its output under `output`.
+pub fn run_job(
+    job: &dyn Job,
+    inputs: Vec<InputFile>,
+    output: &Path,
+    cfg: &LocalConfig,
+) -> Result<JobReport> {
+    let plan = plan(job.input_format(), inputs, cfg.split_size)?;
+    run_planned(job, &plan, output, cfg)
+}
+
+/// Runs an already planned job (see [`plan`]).
+pub fn run_planned(
+    job: &dyn Job,
+    plan: &Plan,
+    output: &Path,
+    cfg: &LocalConfig,
+) -> Result<JobReport> {
     let started = Instant::now();
-    let plan = plan(job, inputs, cfg.split_size)?;
     let out = OutputDir::create(output)?;
-    match execute(job, &plan, &out, cfg) {
+    match execute(job, plan, &out, cfg) {
         Ok((counters, reduce_tasks)) => {
             let parts = out
-                .commit_job(if cfg.reducers == 0 { plan.splits.len() } else { reduce_tasks })
+                .commit_job(if cfg.reducers == 0 {
+                    plan.splits.len()
+                } else {
+                    reduce_tasks
+                })
                 .inspect_err(|_| out.abort())?;
             Ok(JobReport {
                 counters,
@@ -95,7 +116,12 @@ pub fn run_job(job: &dyn Job, inputs: Vec<InputFile>, output: &Path, cfg: &Local
     }
 }
 
-fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Result<(Counters, usize)> {
+fn execute(
+    job: &dyn Job,
+    plan: &Plan,
+    out: &OutputDir,
+    cfg: &LocalConfig,
+) -> Result<(Counters, usize)> {
     let (io, threads) = if cfg.sequential {
         (IoService::std(), 1)
     } else {
@@ -103,7 +129,9 @@ fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Re
     };
     let work_dir = out.work_dir();
     let slots = threads.min(plan.splits.len().max(1));
-    let memory = usize::try_from(cfg.memory / slots as u64).unwrap_or(usize::MAX).max(1 << 20);
+    let memory = usize::try_from(cfg.memory / slots as u64)
+        .unwrap_or(usize::MAX)
+        .max(1 << 20);
     let env = MapEnv {
         io: &io,
         work_dir: &work_dir,
@@ -114,17 +142,24 @@ fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Re
     let map_task = |i: usize| -> Result<(Option<MapOutput>, Counters)> {
         let split = &plan.splits[i];
         let input = &plan.inputs[split.file as usize];
-        guarded(&format!("map {i} ({}:{})", input.name, split.start), || {
-            if cfg.reducers == 0 {
-                let tmp = out.attempt_file(i, 0);
-                let c = run_map_only(job, input, split, &tmp, &io)?;
-                out.commit_task(&tmp, i)?;
-                Ok((None, c))
-            } else {
-                let (o, c) = run_map(job, input, split, &format!("map-{i:05}"), &env)?;
-                Ok((Some(o), c))
-            }
-        })
+        let task = TaskId {
+            phase: Phase::Map,
+            index: i as u32,
+        };
+        guarded(
+            &format!("{task} ({} byte {})", input.name, split.start),
+            || {
+                if cfg.reducers == 0 {
+                    let tmp = out.attempt_file(i, 0);
+                    let c = run_map_only(job, input, split, &tmp, &io)?;
+                    out.commit_task(&tmp, i)?;
+                    Ok((None, c))
+                } else {
+                    let (o, c) = run_map(job, input, split, &format!("map-{i:05}"), &env)?;
+                    Ok((Some(o), c))
+                }
+            },
+        )
     };
     let maps = run_pool(threads, plan.splits.len(), map_task)?;
     let mut runs: Vec<RunFile> = Vec::new();
@@ -137,7 +172,11 @@ fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Re
     }
     let run_refs: Vec<&RunFile> = runs.iter().collect();
     let reduce_task = |part: usize| -> Result<Counters> {
-        guarded(&format!("reduce {part}"), || {
+        let task = TaskId {
+            phase: Phase::Reduce,
+            index: part as u32,
+        };
+        guarded(&task.to_string(), || {
             let tmp = out.attempt_file(part, 0);
             let c = run_reduce(job, &run_refs, part, &tmp, &io)?;
             out.commit_task(&tmp, part)?;
@@ -148,6 +187,23 @@ fn execute(job: &dyn Job, plan: &Plan, out: &OutputDir, cfg: &LocalConfig) -> Re
         counters.merge(&c);
     }
     Ok((counters, cfg.reducers as usize))
+}
+
+/// The default sort-buffer budget: a quarter of physical memory (1 GiB if unknown).
+pub fn default_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024 / 4)
+}
+
+/// Task threads by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Runs `f`, turning a panic in user code into a task error.
@@ -170,7 +226,11 @@ fn guarded<T>(task: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Runs tasks `0..n` on `threads` threads; results come back in task order. The first
 /// error stops the pool from starting new tasks and is returned.
-fn run_pool<T: Send>(threads: usize, n: usize, task: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+fn run_pool<T: Send>(
+    threads: usize,
+    n: usize,
+    task: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     if threads <= 1 || n <= 1 {
         return (0..n).map(&task).collect();
     }

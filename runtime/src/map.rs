@@ -1,7 +1,7 @@
 //! Map tasks: read a split in place, partition + sort + combine emitted pairs, and write
 //! them as runs of framed rkyv blocks (or, for map-only jobs, straight to a part file).
 //!
-//! Memory: each emitted pair is copied once into the task's arena, and a 24-byte [`Entry`]
+//! Memory: each emitted pair is copied once into the task's arena, and a 24-byte `Entry`
 //! points at it. When arena + entries exceed the task's budget, the buffer is sorted by
 //! (partition, key, value) and written as one *run* file: for each partition a contiguous
 //! segment of blocks, whose byte ranges are kept in [`RunFile::segments`]. The last run is
@@ -60,7 +60,9 @@ struct Entry {
     part: u32,
 }
 
-fn key_prefix(key: &[u8]) -> u64 {
+/// First 8 bytes of a key as a big-endian integer, zero-padded: `a < b` implies
+/// `key_prefix(a) <= key_prefix(b)`, so comparing prefixes first is sound.
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = key.len().min(8);
     b[..n].copy_from_slice(&key[..n]);
@@ -164,7 +166,10 @@ impl SortBuffer<'_> {
                 }
                 i = j;
                 if out.len() >= CHUNK {
-                    file.write(std::mem::replace(&mut out, Vec::with_capacity(CHUNK + BLOCK_BYTES * 2)))?;
+                    file.write(std::mem::replace(
+                        &mut out,
+                        Vec::with_capacity(CHUNK + BLOCK_BYTES * 2),
+                    ))?;
                 }
             }
             blocks
@@ -187,8 +192,16 @@ impl SortBuffer<'_> {
     }
 }
 
-fn push(blocks: &mut BlockWriter, key: &[u8], value: &[u8], out: &mut Vec<u8>, path: &Path) -> Result<()> {
-    blocks.push(key, value, out).map_err(|e| corrupt(path, 0, e))
+fn push(
+    blocks: &mut BlockWriter,
+    key: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+    path: &Path,
+) -> Result<()> {
+    blocks
+        .push(key, value, out)
+        .map_err(|e| corrupt(path, 0, e))
 }
 
 fn corrupt(path: &Path, offset: u64, source: quern_shuffle::BlockError) -> Error {
@@ -272,12 +285,21 @@ pub fn run_map(
     let format = job.input_format();
     let data = SplitData::open(input, split, format)?;
     let mut records = data.records(input, split, format);
+    // Most jobs emit about as many bytes as they read: reserve that much up front (within
+    // the budget) instead of growing the arena by repeated copies.
+    let expect = usize::try_from(split.len)
+        .unwrap_or(usize::MAX)
+        .min(env.memory / 2);
+    let expect_entries = match format {
+        crate::InputFormat::Fixed(n) => expect / n.max(1),
+        _ => expect / 64,
+    };
     let mut buffer = SortBuffer {
         job,
         env,
         name: name.to_string(),
-        arena: Vec::new(),
-        entries: Vec::new(),
+        arena: Vec::with_capacity(expect),
+        entries: Vec::with_capacity(expect_entries),
         runs: Vec::new(),
         error: None,
         counters: Counters::default(),
@@ -303,7 +325,14 @@ pub fn run_map(
     buffer.spill()?;
     counters.merge(&buffer.counters);
     counters.add("map.input.records", records_in);
-    counters.add("map.input.bytes", u128::from(if matches!(format, crate::InputFormat::Rows(_)) { 0 } else { split.len }));
+    counters.add(
+        "map.input.bytes",
+        u128::from(if matches!(format, crate::InputFormat::Rows(_)) {
+            0
+        } else {
+            split.len
+        }),
+    );
     Ok((MapOutput { runs: buffer.runs }, counters))
 }
 
@@ -342,7 +371,10 @@ pub fn run_map_only(
     if let Some(e) = sink.error.take() {
         return Err(e);
     }
-    let mut file = sink.file.take().ok_or_else(|| Error::Uring("writer gone".into()))?;
+    let mut file = sink
+        .file
+        .take()
+        .ok_or_else(|| Error::Uring("writer gone".into()))?;
     if !sink.out.is_empty() {
         file.write(std::mem::take(&mut sink.out))?;
     }

@@ -83,7 +83,8 @@ impl OutputDir {
 
     /// Where attempt `attempt` of partition `part` writes before committing.
     pub fn attempt_file(&self, part: usize, attempt: u32) -> PathBuf {
-        self.temp.join(format!("{}.a{attempt}.tmp", part_name(part)))
+        self.temp
+            .join(format!("{}.a{attempt}.tmp", part_name(part)))
     }
 
     /// Commits an attempt's file as partition `part`. Returns false (and discards the file)
@@ -168,7 +169,10 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::fs::write(root.join("part-00000"), b"old").unwrap();
         let err = OutputDir::create(&root).unwrap_err();
-        assert!(err.is_user_error() && err.to_string().contains("already holds output"), "{err}");
+        assert!(
+            err.is_user_error() && err.to_string().contains("already holds output"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(root.join("part-00000")).unwrap(), b"old");
 
         let fresh = dir.path().join("fresh");

@@ -18,7 +18,7 @@ use quern_shuffle::{FrameIter, ValidBlock};
 use crate::input::map_file;
 use crate::io::FileWriter;
 use crate::job::{Counters, Job, ReduceContext};
-use crate::map::{RunFile, CHUNK};
+use crate::map::{key_prefix, RunFile, CHUNK};
 use crate::{Error, Result};
 
 /// One partition's segment of one run, mapped in memory.
@@ -58,6 +58,8 @@ struct Cursor<'a> {
     frames: FrameIter<'a>,
     block: Option<ValidBlock<'a>>,
     idx: usize,
+    /// First 8 bytes of `key` (big-endian, zero-padded): most comparisons stop here.
+    prefix: u64,
     key: &'a [u8],
     value: &'a [u8],
     run: usize,
@@ -70,6 +72,7 @@ impl<'a> Cursor<'a> {
             frames: FrameIter::new(segment.bytes()),
             block: None,
             idx: 0,
+            prefix: 0,
             key: &[],
             value: &[],
             run,
@@ -94,6 +97,7 @@ impl<'a> Cursor<'a> {
                 Some(Ok(block)) if block.is_empty() => continue,
                 Some(Ok(block)) => {
                     (self.key, self.value) = block.record(0);
+                    self.prefix = key_prefix(self.key);
                     self.block = Some(block);
                     self.idx = 0;
                     return Ok(true);
@@ -110,6 +114,7 @@ impl<'a> Cursor<'a> {
         self.idx += 1;
         if self.idx < block.len() {
             (self.key, self.value) = block.record(self.idx);
+            self.prefix = key_prefix(self.key);
             return Ok(true);
         }
         self.load_block()
@@ -131,8 +136,9 @@ impl Ord for Cursor<'_> {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the smallest record first.
     fn cmp(&self, other: &Self) -> Ordering {
         other
-            .key
-            .cmp(self.key)
+            .prefix
+            .cmp(&self.prefix)
+            .then_with(|| other.key.cmp(self.key))
             .then_with(|| other.value.cmp(self.value))
             .then_with(|| other.run.cmp(&self.run))
     }
@@ -140,7 +146,11 @@ impl Ord for Cursor<'_> {
 
 /// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
 /// output through `out`. Returns the task's counters.
-pub fn reduce_segments(job: &dyn Job, segments: &[Segment], out: &mut FileWriter) -> Result<Counters> {
+pub fn reduce_segments(
+    job: &dyn Job,
+    segments: &[Segment],
+    out: &mut FileWriter,
+) -> Result<Counters> {
     let mut heap = BinaryHeap::with_capacity(segments.len());
     for (run, segment) in segments.iter().enumerate() {
         if let Some(c) = Cursor::new(segment, run)? {
@@ -151,13 +161,10 @@ pub fn reduce_segments(job: &dyn Job, segments: &[Segment], out: &mut FileWriter
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut values: Vec<&[u8]> = Vec::new();
     let (mut keys, mut records) = (0u128, 0u128);
-    while let Some(mut top) = heap.pop() {
+    while let Some(top) = heap.peek() {
         let key = top.key;
         values.clear();
-        values.push(top.value);
-        if top.advance()? {
-            heap.push(top);
-        }
+        // Take every record with this key; advancing the top in place costs one sift-down.
         while let Some(mut next) = heap.peek_mut() {
             if next.key != key {
                 break;
@@ -172,7 +179,10 @@ pub fn reduce_segments(job: &dyn Job, segments: &[Segment], out: &mut FileWriter
         let mut ctx = ReduceContext::new(&mut buf, &mut counters);
         job.reduce(key, &mut values.iter().copied(), &mut ctx);
         if buf.len() >= CHUNK {
-            out.write(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + (64 << 10))))?;
+            out.write(std::mem::replace(
+                &mut buf,
+                Vec::with_capacity(CHUNK + (64 << 10)),
+            ))?;
         }
     }
     if !buf.is_empty() {

@@ -1,0 +1,8 @@
+//! The `quern` binary.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    quern_jobs::cli::main()
+}
