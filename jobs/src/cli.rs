@@ -1,4 +1,11 @@
-//! The `quern` command line: parses arguments, builds the job, runs it, prints a summary.
+//! The `quern` command line: parses arguments, plans and builds the job, runs it, prints a
+//! summary.
+//!
+//! Where a job runs: by default on an embedded local cluster (a coordinator and one worker
+//! process per core, on loopback, with a fresh secret, torn down afterwards);
+//! `--coordinator ADDR --secret-file F` submits to a running cluster instead; `--in-process`
+//! uses a thread pool in this process; `--sequential` runs everything on one thread, the
+//! reference every other mode must match byte for byte.
 //!
 //! Exit codes: 0 success; 1 the job ran but found a problem (grep: no line matched;
 //! teravalidate: records out of order) or failed for a system reason; 2 bad usage or bad
@@ -6,20 +13,26 @@
 //! which case nothing has been written.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use quern_runtime::cluster::{
+    self, coordinator::CoordinatorConfig, launch::LocalCluster, worker::WorkerConfig,
+};
 use quern_runtime::input::{plan_row_splits, rows_input};
 use quern_runtime::local::{default_memory, default_threads};
 use quern_runtime::{
-    expand_inputs, plan, run_planned, Error, InputFormat, Job, JobReport, LocalConfig, Plan,
+    expand_inputs, plan, run_planned, Error, InputFile, InputFormat, JobReport, LocalConfig, Plan,
 };
+use quern_shuffle::wire::JobSpec;
+use quern_shuffle::Secret;
 
 use crate::gensort::RECORD_LEN;
-use crate::grep::Grep;
-use crate::tera::{self, TeraGen, TeraSort, TeraValidate};
-use crate::text::{Index, WordCount};
+use crate::registry::{factory, JobDescriptor};
+use crate::tera::{self, TeraSort};
 
 /// quern — a MapReduce job runner: sort, grep, word count and your own jobs.
 #[derive(Debug, Parser)]
@@ -38,18 +51,33 @@ pub struct RunArgs {
     /// Input split size, e.g. 64MiB. K/M/G are powers of 1000, KiB/MiB/GiB of 1024.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     split_size: u64,
-    /// Sort-buffer memory for all running tasks together, e.g. 2GiB (default: a quarter of RAM).
+    /// Sort-buffer memory for all running tasks of a machine together, e.g. 2GiB (default: a quarter of RAM).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
     /// Run the whole job on one thread: the reference every other mode must match.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["in_process", "coordinator"])]
     sequential: bool,
-    /// Task threads (default: one per core).
+    /// Run tasks on a thread pool in this process instead of a cluster.
+    #[arg(long, conflicts_with = "coordinator")]
+    in_process: bool,
+    /// Task threads with --in-process (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Worker processes of the embedded local cluster (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Submit to a running coordinator instead of starting a local cluster.
+    #[arg(long, requires = "secret_file")]
+    coordinator: Option<SocketAddr>,
+    /// The cluster secret, with --coordinator.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
     /// Print no summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Log what the cluster does, and the local cluster's process ids.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +118,9 @@ enum Command {
         /// Directory (or files) to validate, in name order.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Keep the validation report here (default: a scratch directory).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -131,6 +162,59 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Run a coordinator: schedules submitted jobs on the workers that join it.
+    Coordinator {
+        /// Address to listen on (UDP), e.g. 0.0.0.0:7070.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// The cluster secret (hex); create one with `quern secret FILE`.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// A worker silent for this long is lost, e.g. 2s.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        heartbeat_timeout: Duration,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Run a worker: joins a coordinator, runs tasks, serves map output.
+    Worker {
+        /// The coordinator's address.
+        #[arg(long)]
+        join: SocketAddr,
+        /// The cluster secret (hex).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Attempts run at once (default: one per core).
+        #[arg(long)]
+        slots: Option<u32>,
+        /// Directory for intermediate map output (default: a fresh temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Address for this worker's endpoint (port 0: any).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Fetch all map output over QUIC, even from this host.
+        #[arg(long)]
+        no_local_reads: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Write a new random cluster secret to FILE (mode 0600).
+    Secret {
+        /// Where to write it.
+        file: PathBuf,
+    },
+}
+
+/// Options of long-running processes.
+#[derive(Debug, Args, Clone)]
+pub struct DaemonArgs {
+    /// Exit when standard input closes (used by the embedded local cluster).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
+    /// Log what happens.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -146,28 +230,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
         })
 }
 
-impl RunArgs {
-    /// Config of a job that needs a reduce phase: `--reducers 0` is refused.
-    fn reduce_config(&self, job: &str) -> Result<LocalConfig, Error> {
-        let cfg = self.config(default_threads() as u32);
-        if cfg.reducers == 0 {
-            return Err(Error::Usage(format!(
-                "{job} needs at least one reducer (--reducers 0 given)"
-            )));
-        }
-        Ok(cfg)
-    }
-
-    fn config(&self, default_reducers: u32) -> LocalConfig {
-        let threads = self.threads.unwrap_or_else(default_threads).max(1);
-        LocalConfig {
-            threads,
-            sequential: self.sequential,
-            reducers: self.reducers.unwrap_or(default_reducers),
-            split_size: self.split_size,
-            memory: self.memory.unwrap_or_else(default_memory),
-        }
-    }
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 2s or 500ms, got {s:?}"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// What a command wants the process to do after the job.
@@ -201,11 +278,37 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
+        Err(Error::Interrupted) => {
+            eprintln!("quern: interrupted");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("quern: error: {e}");
             ExitCode::from(if e.is_user_error() { 2 } else { 1 })
         }
     }
+}
+
+fn init_logging(verbose: bool) {
+    let filter =
+        std::env::var("QUERN_LOG").unwrap_or_else(|_| if verbose { "info" } else { "warn" }.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Exits the process when standard input reaches end of file (the parent went away).
+fn exit_with_parent() {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        std::process::exit(0);
+    });
+}
+
+fn read_secret(path: &Path) -> Result<Secret, Error> {
+    Secret::from_file(path).map_err(|e| Error::Usage(e.to_string()))
 }
 
 fn summary(run: &RunArgs, name: &str, report: &JobReport) {
@@ -226,8 +329,150 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) {
     );
 }
 
+/// A planned job, ready to run in any mode.
+struct Prepared {
+    name: &'static str,
+    descriptor: JobDescriptor,
+    plan: Plan,
+    reducers: u32,
+}
+
+impl RunArgs {
+    fn reducers(&self, default: u32) -> u32 {
+        self.reducers.unwrap_or(default)
+    }
+
+    /// Reducers of a job that needs a reduce phase: `--reducers 0` is refused.
+    fn reduce_tasks(&self, job: &str) -> Result<u32, Error> {
+        match self.reducers(default_threads() as u32) {
+            0 => Err(Error::Usage(format!(
+                "{job} needs at least one reducer (--reducers 0 given)"
+            ))),
+            r => Ok(r),
+        }
+    }
+
+    fn memory(&self) -> u64 {
+        self.memory.unwrap_or_else(default_memory)
+    }
+
+    /// Runs `job` in the mode the flags ask for, writing to `output`.
+    fn execute(&self, job: Prepared, output: &Path) -> Result<JobReport, Error> {
+        if self.sequential || self.in_process {
+            let cfg = LocalConfig {
+                threads: self.threads.unwrap_or_else(default_threads).max(1),
+                sequential: self.sequential,
+                reducers: job.reducers,
+                split_size: self.split_size,
+                memory: self.memory(),
+            };
+            let built = job.descriptor.build().map_err(Error::Usage)?;
+            return run_planned(&*built, &job.plan, output, &cfg);
+        }
+        let output = std::path::absolute(output).map_err(|e| Error::io(output, e))?;
+        let inputs: Vec<InputFile> = job
+            .plan
+            .inputs
+            .into_iter()
+            .map(|mut f| {
+                if !f.path.as_os_str().is_empty() {
+                    f.path = std::fs::canonicalize(&f.path).map_err(|e| Error::io(&f.path, e))?;
+                }
+                Ok(f)
+            })
+            .collect::<Result<_, Error>>()?;
+        let cores = default_threads() as u64;
+        let spec = JobSpec {
+            job: job.descriptor.encode().map_err(Error::Usage)?,
+            name: job.name.to_string(),
+            inputs: cluster::inputs_to_msg(&inputs),
+            splits: cluster::splits_to_msg(&job.plan.splits),
+            reducers: job.reducers,
+            output: output.display().to_string(),
+            task_memory: (self.memory() / cores).max(1 << 20),
+        };
+        if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
+            return cluster::client::submit(addr, &read_secret(secret)?, spec);
+        }
+        let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+        let workers = self.workers.unwrap_or(cores as usize).max(1);
+        let local = LocalCluster::start(&exe, workers, 1)?;
+        if self.verbose {
+            eprintln!(
+                "quern: local cluster at {}, pids {:?}",
+                local.addr(),
+                local.pids()
+            );
+        }
+        let secret = read_secret(local.secret_file())?;
+        cluster::client::submit(local.addr(), &secret, spec)
+    }
+}
+
 fn run(command: Command) -> Result<Outcome, Error> {
     match command {
+        Command::Coordinator {
+            listen,
+            secret_file,
+            heartbeat_timeout,
+            daemon,
+        } => {
+            init_logging(daemon.verbose);
+            if daemon.exit_with_parent {
+                exit_with_parent();
+            }
+            let secret = read_secret(&secret_file)?;
+            cluster::coordinator::run(
+                listen,
+                &secret,
+                CoordinatorConfig { heartbeat_timeout },
+                |addr| {
+                    println!("quern coordinator listening on {addr}");
+                    let _ = std::io::stdout().flush();
+                },
+            )?;
+            Ok(Outcome::Ok)
+        }
+        Command::Worker {
+            join,
+            secret_file,
+            slots,
+            work_dir,
+            listen,
+            no_local_reads,
+            daemon,
+        } => {
+            init_logging(daemon.verbose);
+            if daemon.exit_with_parent {
+                exit_with_parent();
+            }
+            let secret = read_secret(&secret_file)?;
+            let scratch;
+            let work_dir = match work_dir {
+                Some(dir) => dir,
+                None => {
+                    scratch = ScratchDir::new()?;
+                    scratch.0.path().to_path_buf()
+                }
+            };
+            let config = WorkerConfig {
+                coordinator: join,
+                slots: slots.unwrap_or(default_threads() as u32).max(1),
+                work_dir,
+                bind: listen,
+                local_reads: !no_local_reads,
+                join_timeout: Duration::from_secs(30),
+                factory: factory(),
+            };
+            cluster::worker::run(config, &secret)?;
+            Ok(Outcome::Ok)
+        }
+        Command::Secret { file } => {
+            Secret::generate()
+                .and_then(|s| s.write_file(&file))
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            Ok(Outcome::Ok)
+        }
         Command::Teragen {
             records,
             output,
@@ -236,19 +481,22 @@ fn run(command: Command) -> Result<Outcome, Error> {
             ascii,
             run,
         } => {
+            init_logging(run.verbose);
             let parts = parts.unwrap_or(default_threads() as u64).max(1);
-            let mut cfg = run.config(0);
-            cfg.reducers = 0;
-            let job = TeraGen {
-                records,
-                seed,
-                ascii,
+            let job = Prepared {
+                name: "teragen",
+                descriptor: JobDescriptor::TeraGen {
+                    records,
+                    seed,
+                    ascii,
+                },
+                plan: Plan {
+                    inputs: vec![rows_input()],
+                    splits: plan_row_splits(records, parts),
+                },
+                reducers: 0,
             };
-            let plan = Plan {
-                inputs: vec![rows_input()],
-                splits: plan_row_splits(records, parts),
-            };
-            let report = run_planned(&job, &plan, &output, &cfg)?;
+            let report = run.execute(job, &output)?;
             summary(&run, "teragen", &report);
             println!("Records: {}", report.counters.get(tera::RECORDS));
             println!("Checksum: {:x}", report.counters.get(tera::CHECKSUM));
@@ -259,27 +507,39 @@ fn run(command: Command) -> Result<Outcome, Error> {
             output,
             run,
         } => {
-            let cfg = run.reduce_config("terasort")?;
+            init_logging(run.verbose);
+            let reducers = run.reduce_tasks("terasort")?;
             let plan = plan(
                 InputFormat::Fixed(RECORD_LEN),
                 expand_inputs(&inputs)?,
-                cfg.split_size,
+                run.split_size,
             )?;
-            let job = TeraSort::sampled(&plan.inputs, &plan.splits, cfg.reducers, 100_000)?;
-            let report = run_planned(&job, &plan, &output, &cfg)?;
+            let cuts = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?.cuts;
+            let job = Prepared {
+                name: "terasort",
+                descriptor: JobDescriptor::TeraSort { cuts },
+                plan,
+                reducers,
+            };
+            let report = run.execute(job, &output)?;
             summary(&run, "terasort", &report);
             Ok(Outcome::Ok)
         }
-        Command::Teravalidate { inputs, run } => {
-            let mut cfg = run.config(1);
-            cfg.reducers = 1;
+        Command::Teravalidate {
+            inputs,
+            output,
+            run,
+        } => {
+            init_logging(run.verbose);
             let files = expand_inputs(&inputs)?;
-            let job = TeraValidate {
-                names: files.iter().map(|f| f.name.clone()).collect(),
+            let names = names(&files);
+            let job = Prepared {
+                name: "teravalidate",
+                descriptor: JobDescriptor::TeraValidate { names },
+                plan: plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?,
+                reducers: 1,
             };
-            let plan = plan(job.input_format(), files, cfg.split_size)?;
-            let scratch = ScratchDir::new()?;
-            let report = run_planned(&job, &plan, &scratch.output(), &cfg)?;
+            let (report, _scratch) = run_to(&run, job, output)?;
             summary(&run, "teravalidate", &report);
             let c = &report.counters;
             let mut stdout = std::io::stdout().lock();
@@ -303,27 +563,24 @@ fn run(command: Command) -> Result<Outcome, Error> {
             count,
             run,
         } => {
+            init_logging(run.verbose);
             let files = expand_inputs(&inputs)?;
-            let job = Grep::new(
-                &pattern,
+            let descriptor = JobDescriptor::Grep {
+                pattern,
                 count,
-                files.iter().map(|f| f.name.clone()).collect(),
-            )
-            .map_err(Error::Usage)?;
-            let mut cfg = run.config(1);
-            cfg.reducers = u32::from(count);
-            let plan = plan(job.input_format(), files, cfg.split_size)?;
-            let scratch;
-            let out_dir = match &output {
-                Some(dir) => dir.clone(),
-                None => {
-                    scratch = ScratchDir::new()?;
-                    scratch.output()
-                }
+                names: names(&files),
             };
-            let report = run_planned(&job, &plan, &out_dir, &cfg)?;
+            descriptor.build().map_err(Error::Usage)?; // an invalid regex fails before anything runs
+            let job = Prepared {
+                name: "grep",
+                descriptor,
+                plan: plan(InputFormat::Lines, files, run.split_size)?,
+                reducers: u32::from(count),
+            };
+            let printing = output.is_none();
+            let (report, _scratch) = run_to(&run, job, output)?;
             summary(&run, "grep", &report);
-            if output.is_none() {
+            if printing {
                 cat_parts(&report.parts, &mut std::io::stdout().lock())?;
             }
             Ok(if report.counters.get(crate::grep::MATCHES) > 0 {
@@ -337,9 +594,14 @@ fn run(command: Command) -> Result<Outcome, Error> {
             output,
             run,
         } => {
-            let cfg = run.reduce_config("wc")?;
-            let report =
-                quern_runtime::run_job(&WordCount, expand_inputs(&inputs)?, &output, &cfg)?;
+            init_logging(run.verbose);
+            let job = Prepared {
+                name: "wc",
+                reducers: run.reduce_tasks("wc")?,
+                descriptor: JobDescriptor::WordCount,
+                plan: plan(InputFormat::Lines, expand_inputs(&inputs)?, run.split_size)?,
+            };
+            let report = run.execute(job, &output)?;
             summary(&run, "wc", &report);
             Ok(Outcome::Ok)
         }
@@ -348,14 +610,39 @@ fn run(command: Command) -> Result<Outcome, Error> {
             output,
             run,
         } => {
-            let cfg = run.reduce_config("index")?;
+            init_logging(run.verbose);
             let files = expand_inputs(&inputs)?;
-            let job = Index {
-                names: files.iter().map(|f| f.name.clone()).collect(),
+            let job = Prepared {
+                name: "index",
+                reducers: run.reduce_tasks("index")?,
+                descriptor: JobDescriptor::Index {
+                    names: names(&files),
+                },
+                plan: plan(InputFormat::Lines, files, run.split_size)?,
             };
-            let report = quern_runtime::run_job(&job, files, &output, &cfg)?;
+            let report = run.execute(job, &output)?;
             summary(&run, "index", &report);
             Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn names(files: &[InputFile]) -> Vec<String> {
+    files.iter().map(|f| f.name.clone()).collect()
+}
+
+/// Runs a job whose output is read back by this command: into `output` if given, else into
+/// a scratch directory that lives as long as the returned guard.
+fn run_to(
+    run: &RunArgs,
+    job: Prepared,
+    output: Option<PathBuf>,
+) -> Result<(JobReport, Option<ScratchDir>), Error> {
+    match output {
+        Some(dir) => Ok((run.execute(job, &dir)?, None)),
+        None => {
+            let scratch = ScratchDir::new()?;
+            Ok((run.execute(job, &scratch.output())?, Some(scratch)))
         }
     }
 }
@@ -378,7 +665,7 @@ fn cat_parts(parts: &[PathBuf], out: &mut impl Write) -> Result<u64, Error> {
     Ok(lines)
 }
 
-/// A private output directory for jobs whose result is printed, removed on drop.
+/// A private directory for jobs whose result is printed, removed on drop.
 struct ScratchDir(tempfile::TempDir);
 
 impl ScratchDir {

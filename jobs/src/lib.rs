@@ -4,12 +4,14 @@
 //! - [`tera`]: TeraGen, TeraSort (sampled range partitioner), TeraValidate.
 //! - [`grep`]: regex search in input order, and `-c` counts.
 //! - [`text`]: word count and inverted index over Unicode words.
-//! - [`cli`]: argument parsing, job setup, summaries and exit codes.
+//! - [`registry`]: serialisable job descriptors and the factory workers build jobs with.
+//! - [`cli`]: argument parsing, job setup, execution modes, summaries and exit codes.
 //!
 //! Jobs only implement [`quern_runtime::Job`]; they know nothing of files, threads or I/O.
 
 pub mod cli;
 pub mod gensort;
 pub mod grep;
+pub mod registry;
 pub mod tera;
 pub mod text;

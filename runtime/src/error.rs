@@ -46,6 +46,32 @@ pub enum Error {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// A block of a map's output failed validation on the reduce side (the map must be
+    /// re-run, or its output fetched again).
+    #[error("output of map {map} ({path}, byte {offset}) is corrupt: {source}")]
+    BadMapOutput {
+        /// The map task whose output is bad.
+        map: u32,
+        /// Where the bytes came from (a run file, or a fetch).
+        path: PathBuf,
+        /// Offset of the frame in its segment's file.
+        offset: u64,
+        /// What the validator found.
+        #[source]
+        source: quern_shuffle::BlockError,
+    },
+    /// The job ran and failed (a task kept failing, or the cluster gave up).
+    #[error("job failed: {0}")]
+    JobFailed(String),
+    /// The user interrupted the job (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+    /// The attempt was cancelled by its supervisor.
+    #[error("cancelled")]
+    Cancelled,
+    /// A network or protocol failure between cluster processes.
+    #[error("{0}")]
+    Net(String),
     /// The io_uring backend could not be started or stopped responding.
     #[error("io_uring: {0}")]
     Uring(String),

@@ -13,7 +13,9 @@
 //! Map-only jobs (`R = 0`) skip sorting: each map task writes `key ++ value` of every emitted
 //! pair, in emit order, to its own part file.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How input files are cut into records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,14 +71,23 @@ pub trait Sink {
 }
 
 /// Named counters of one task attempt, merged by the runtime from committed attempts only.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counters {
-    values: Vec<(&'static str, u128)>,
+    values: Vec<(Cow<'static, str>, u128)>,
 }
 
 impl Counters {
-    /// Adds `n` to counter `name`.
+    /// Adds `n` to counter `name` (a few counters per task: a linear scan beats hashing).
     pub fn add(&mut self, name: &'static str, n: u128) {
+        self.add_cow(Cow::Borrowed(name), n);
+    }
+
+    /// Adds `n` to a counter whose name was computed (e.g. received from a worker).
+    pub fn add_named(&mut self, name: String, n: u128) {
+        self.add_cow(Cow::Owned(name), n);
+    }
+
+    fn add_cow(&mut self, name: Cow<'static, str>, n: u128) {
         match self.values.iter_mut().find(|(k, _)| *k == name) {
             Some((_, v)) => *v = v.wrapping_add(n),
             None => self.values.push((name, n)),
@@ -87,20 +98,64 @@ impl Counters {
     pub fn get(&self, name: &str) -> u128 {
         self.values
             .iter()
-            .find(|(k, _)| *k == name)
+            .find(|(k, _)| k == name)
             .map_or(0, |(_, v)| *v)
     }
 
     /// All counters, in first-use order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u128)> + '_ {
-        self.values.iter().copied()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u128)> + '_ {
+        self.values.iter().map(|(k, v)| (k.as_ref(), *v))
     }
 
     /// Adds every counter of `other` into `self`.
     pub fn merge(&mut self, other: &Counters) {
-        for (k, v) in other.iter() {
-            self.add(k, v);
+        for (k, v) in &other.values {
+            self.add_cow(k.clone(), *v);
         }
+    }
+}
+
+/// Shared between a running attempt and whoever supervises it: a cancel flag and progress.
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    cancelled: AtomicBool,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl TaskControl {
+    /// Asks the attempt to stop; it returns [`crate::Error::Cancelled`] at its next check.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`TaskControl::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Records progress: `done` of `total` bytes.
+    pub fn set_progress(&self, done: u64, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+    }
+
+    /// Adds `n` bytes of work done.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets the total amount of work, bytes.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// `(done, total)` bytes.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -8,10 +8,12 @@
 //! - [`output`]: the output directory's commit protocol (attempt file → link → rename).
 //! - [`io`]: the one module that knows about io_uring.
 //! - [`local`]: a job on a local thread pool, or sequentially on one thread.
+//! - [`cluster`]: the distributed runtime — coordinator, workers, client, local cluster.
 //!
 //! Invariant: the runtime knows nothing about specific jobs; `jobs/` knows nothing about
 //! files, threads or I/O backends.
 
+pub mod cluster;
 mod error;
 pub mod input;
 pub mod io;
@@ -25,6 +27,6 @@ pub use error::{Error, Result};
 pub use input::{expand_inputs, Split};
 pub use job::{
     hash_partition, Counters, InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Sink,
-    SplitInfo,
+    SplitInfo, TaskControl,
 };
 pub use local::{plan, run_job, run_planned, JobReport, LocalConfig, Plan};

@@ -15,7 +15,7 @@ use quern_scheduler::{Phase, TaskId};
 
 use crate::input::{plan_splits, rows_input, Split};
 use crate::io::IoService;
-use crate::job::{Counters, InputFile, InputFormat, Job};
+use crate::job::{Counters, InputFile, InputFormat, Job, TaskControl};
 use crate::map::{run_map, run_map_only, MapEnv, MapOutput, RunFile};
 use crate::output::OutputDir;
 use crate::reduce::run_reduce;
@@ -151,11 +151,18 @@ fn execute(
             || {
                 if cfg.reducers == 0 {
                     let tmp = out.attempt_file(i, 0);
-                    let c = run_map_only(job, input, split, &tmp, &io)?;
+                    let c = run_map_only(job, input, split, &tmp, &io, &TaskControl::default())?;
                     out.commit_task(&tmp, i)?;
                     Ok((None, c))
                 } else {
-                    let (o, c) = run_map(job, input, split, &format!("map-{i:05}"), &env)?;
+                    let (o, c) = run_map(
+                        job,
+                        input,
+                        split,
+                        &format!("map-{i:05}"),
+                        &env,
+                        &TaskControl::default(),
+                    )?;
                     Ok((Some(o), c))
                 }
             },
@@ -207,7 +214,7 @@ pub fn default_threads() -> usize {
 }
 
 /// Runs `f`, turning a panic in user code into a task error.
-fn guarded<T>(task: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(task: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {

@@ -13,7 +13,7 @@ use quern_shuffle::BlockWriter;
 
 use crate::input::{Split, SplitData};
 use crate::io::{FileWriter, IoService};
-use crate::job::{Counters, InputFile, Job, MapContext, Sink, SplitInfo};
+use crate::job::{Counters, InputFile, Job, MapContext, Sink, SplitInfo, TaskControl};
 use crate::{Error, Result};
 
 /// Bytes handed to the I/O layer per write.
@@ -281,6 +281,7 @@ pub fn run_map(
     split: &Split,
     name: &str,
     env: &MapEnv<'_>,
+    control: &TaskControl,
 ) -> Result<(MapOutput, Counters)> {
     let format = job.input_format();
     let data = SplitData::open(input, split, format)?;
@@ -313,12 +314,18 @@ pub fn run_map(
     let mut counted = CountingRecords {
         inner: &mut records,
         n: 0,
+        start: split.start,
+        control,
     };
+    control.set_progress(0, split.len);
     {
         let mut ctx = MapContext::new(&mut buffer, &mut counters);
         job.map_split(&info, &mut counted, &mut ctx);
     }
     let records_in = counted.n;
+    if control.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     if let Some(e) = buffer.error.take() {
         return Err(e);
     }
@@ -343,6 +350,7 @@ pub fn run_map_only(
     split: &Split,
     out_path: &Path,
     io: &IoService,
+    control: &TaskControl,
 ) -> Result<Counters> {
     let format = job.input_format();
     let data = SplitData::open(input, split, format)?;
@@ -362,12 +370,18 @@ pub fn run_map_only(
     let mut counted = CountingRecords {
         inner: &mut records,
         n: 0,
+        start: split.start,
+        control,
     };
+    control.set_progress(0, split.len);
     {
         let mut ctx = MapContext::new(&mut sink, &mut counters);
         job.map_split(&info, &mut counted, &mut ctx);
     }
     let records_in = counted.n;
+    if control.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     if let Some(e) = sink.error.take() {
         return Err(e);
     }
@@ -385,9 +399,12 @@ pub fn run_map_only(
     Ok(counters)
 }
 
+/// Counts records, publishes progress and stops early when the attempt is cancelled.
 struct CountingRecords<'r, I> {
     inner: &'r mut I,
     n: u128,
+    start: u64,
+    control: &'r TaskControl,
 }
 
 impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_, I> {
@@ -395,9 +412,23 @@ impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_,
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if self.n % 4096 == 0 && self.n > 0 && self.control.is_cancelled() {
+            return None;
+        }
         let r = self.inner.next();
-        if r.is_some() {
-            self.n += 1;
+        match &r {
+            Some(rec) => {
+                self.n += 1;
+                if self.n % 4096 == 0 {
+                    let (_, total) = self.control.progress();
+                    self.control
+                        .set_progress(rec.offset.saturating_sub(self.start), total);
+                }
+            }
+            None => {
+                let (_, total) = self.control.progress();
+                self.control.set_progress(total, total);
+            }
         }
         r
     }

@@ -71,6 +71,16 @@ impl OutputDir {
         })
     }
 
+    /// Opens a directory that a coordinator has already claimed, to write and commit task
+    /// attempts into it (workers do this; only the claimer commits or aborts the job).
+    pub fn open(root: &Path) -> Self {
+        OutputDir {
+            root: root.to_path_buf(),
+            temp: root.join("_temporary"),
+            created_root: false,
+        }
+    }
+
     /// The final output directory.
     pub fn root(&self) -> &Path {
         &self.root

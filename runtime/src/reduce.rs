@@ -10,46 +10,96 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use quern_shuffle::{FrameIter, ValidBlock};
+use rkyv::util::AlignedVec;
 
 use crate::input::map_file;
 use crate::io::FileWriter;
-use crate::job::{Counters, Job, ReduceContext};
+use crate::job::{Counters, Job, ReduceContext, TaskControl};
 use crate::map::{key_prefix, RunFile, CHUNK};
 use crate::{Error, Result};
 
-/// One partition's segment of one run, mapped in memory.
+/// One partition's segment of one run: memory-mapped from local disk, or received over the
+/// network into an aligned buffer. Either way it is read in place.
 #[derive(Debug)]
 pub struct Segment {
-    path: std::path::PathBuf,
+    path: PathBuf,
     offset: u64,
-    map: Option<Mmap>,
+    map: Option<u32>,
+    bytes: SegmentBytes,
+}
+
+#[derive(Debug)]
+enum SegmentBytes {
+    Empty,
+    Mapped(Mmap),
+    Fetched(AlignedVec<16>),
 }
 
 impl Segment {
-    /// Maps partition `part` of `run` (an empty segment maps nothing).
+    /// Maps partition `part` of a local `run` (an empty segment maps nothing).
     pub fn open(run: &RunFile, part: usize) -> Result<Segment> {
         let (offset, len) = run.segments.get(part).copied().ok_or_else(|| {
             Error::Usage(format!("{} has no partition {part}", run.path.display()))
         })?;
-        let map = if len == 0 {
-            None
+        let bytes = if len == 0 {
+            SegmentBytes::Empty
         } else {
             let file = File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
-            Some(map_file(&file, &run.path, offset, len)?)
+            SegmentBytes::Mapped(map_file(&file, &run.path, offset, len)?)
         };
         Ok(Segment {
             path: run.path.clone(),
             offset,
-            map,
+            map: None,
+            bytes,
         })
     }
 
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+    /// A segment received from the network; `origin` names where it came from in errors,
+    /// `offset` is its position in the remote run file.
+    pub fn fetched(origin: PathBuf, offset: u64, bytes: AlignedVec<16>) -> Segment {
+        Segment {
+            path: origin,
+            offset,
+            map: None,
+            bytes: SegmentBytes::Fetched(bytes),
+        }
+    }
+
+    /// Attributes the segment to map task `map`, so corruption is reported against it.
+    pub fn of_map(mut self, map: u32) -> Segment {
+        self.map = Some(map);
+        self
+    }
+
+    /// The segment's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            SegmentBytes::Empty => &[],
+            SegmentBytes::Mapped(m) => m,
+            SegmentBytes::Fetched(v) => v,
+        }
+    }
+
+    fn corrupt(&self, at: u64, source: quern_shuffle::BlockError) -> Error {
+        let (path, offset) = (self.path.clone(), self.offset + at);
+        match self.map {
+            Some(map) => Error::BadMapOutput {
+                map,
+                path,
+                offset,
+                source,
+            },
+            None => Error::Corrupt {
+                path,
+                offset,
+                source,
+            },
+        }
     }
 }
 
@@ -64,10 +114,11 @@ struct Cursor<'a> {
     value: &'a [u8],
     run: usize,
     segment: &'a Segment,
+    control: &'a TaskControl,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(segment: &'a Segment, run: usize) -> Result<Option<Self>> {
+    fn new(segment: &'a Segment, run: usize, control: &'a TaskControl) -> Result<Option<Self>> {
         let mut c = Cursor {
             frames: FrameIter::new(segment.bytes()),
             block: None,
@@ -77,6 +128,7 @@ impl<'a> Cursor<'a> {
             value: &[],
             run,
             segment,
+            control,
         };
         Ok(if c.load_block()? { Some(c) } else { None })
     }
@@ -85,15 +137,11 @@ impl<'a> Cursor<'a> {
     fn load_block(&mut self) -> Result<bool> {
         loop {
             let at = self.frames.position() as u64;
-            match self.frames.next() {
+            let next = self.frames.next();
+            self.control.add_done(self.frames.position() as u64 - at);
+            match next {
                 None => return Ok(false),
-                Some(Err(source)) => {
-                    return Err(Error::Corrupt {
-                        path: self.segment.path.clone(),
-                        offset: self.segment.offset + at,
-                        source,
-                    })
-                }
+                Some(Err(source)) => return Err(self.segment.corrupt(at, source)),
                 Some(Ok(block)) if block.is_empty() => continue,
                 Some(Ok(block)) => {
                     (self.key, self.value) = block.record(0);
@@ -150,10 +198,12 @@ pub fn reduce_segments(
     job: &dyn Job,
     segments: &[Segment],
     out: &mut FileWriter,
+    control: &TaskControl,
 ) -> Result<Counters> {
+    control.set_progress(0, segments.iter().map(|s| s.bytes().len() as u64).sum());
     let mut heap = BinaryHeap::with_capacity(segments.len());
     for (run, segment) in segments.iter().enumerate() {
-        if let Some(c) = Cursor::new(segment, run)? {
+        if let Some(c) = Cursor::new(segment, run, control)? {
             heap.push(c);
         }
     }
@@ -176,6 +226,9 @@ pub fn reduce_segments(
         }
         keys += 1;
         records += values.len() as u128;
+        if keys % 1024 == 0 && control.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         let mut ctx = ReduceContext::new(&mut buf, &mut counters);
         job.reduce(key, &mut values.iter().copied(), &mut ctx);
         if buf.len() >= CHUNK {
@@ -193,7 +246,7 @@ pub fn reduce_segments(
     Ok(counters)
 }
 
-/// Runs reduce partition `part` over all `runs`, writing to `out_path` (fsynced, not yet
+/// Runs reduce partition `part` over local `runs`, writing to `out_path` (fsynced, not yet
 /// committed).
 pub fn run_reduce(
     job: &dyn Job,
@@ -206,8 +259,19 @@ pub fn run_reduce(
         .iter()
         .map(|run| Segment::open(run, part))
         .collect::<Result<Vec<_>>>()?;
+    reduce_to_file(job, &segments, out_path, io, &TaskControl::default())
+}
+
+/// Reduces `segments` into `out_path` (fsynced, not yet committed).
+pub fn reduce_to_file(
+    job: &dyn Job,
+    segments: &[Segment],
+    out_path: &Path,
+    io: &crate::io::IoService,
+    control: &TaskControl,
+) -> Result<Counters> {
     let mut out = io.create(out_path)?;
-    let mut counters = reduce_segments(job, &segments, &mut out)?;
+    let mut counters = reduce_segments(job, segments, &mut out, control)?;
     let bytes = out.finish(true)?;
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)

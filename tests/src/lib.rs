@@ -19,10 +19,12 @@ use std::sync::OnceLock;
 
 /// Path of the `quern` binary, building it first (once per test executable).
 ///
-/// The binary lives in the same profile directory as the test executable
-/// (`target/<profile>/deps/<test>` → `target/<profile>/quern`). `cargo build -p quern-jobs
-/// --bin quern` is run with that profile every time a test executable starts, so the binary
-/// is never stale; it is a no-op when nothing changed. Set `QUERN_BIN` to use another binary.
+/// `cargo build -p quern-jobs --bin quern` runs, with the test executable's profile, every
+/// time a test executable starts, so the binary is never stale; it is a no-op when nothing
+/// changed. It builds into its own target directory (`target/quern-bin`): `cargo test
+/// --workspace` resolves dependency features differently (dev-dependencies count), and
+/// sharing one directory would make the two builds invalidate each other on every run.
+/// Set `QUERN_BIN` to use another binary.
 pub fn quern() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -35,7 +37,7 @@ pub fn quern() -> &'static Path {
             .and_then(Path::parent)
             .expect("test executable lives in target/<profile>/deps")
             .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir").join("quern-bin");
         let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
             Some("debug") => "dev".to_string(),
             Some(name) => name.to_string(),
@@ -63,7 +65,14 @@ pub fn quern() -> &'static Path {
             status.success(),
             "cargo build -p quern-jobs --bin quern failed: {status}"
         );
-        let bin = profile_dir.join(format!("quern{}", std::env::consts::EXE_SUFFIX));
+        let out_dir = match profile.as_str() {
+            "dev" | "test" => "debug",
+            "bench" => "release",
+            other => other,
+        };
+        let bin = target_dir
+            .join(out_dir)
+            .join(format!("quern{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.is_file(), "{} missing after cargo build", bin.display());
         bin
     })

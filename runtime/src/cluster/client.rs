@@ -1,0 +1,87 @@
+//! Submitting a job to a coordinator and waiting for its result.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use quern_shuffle::net;
+use quern_shuffle::wire::{decode_msg, encode_msg, Hello, JobSpec, ToClient};
+use quern_shuffle::Secret;
+
+use super::{counters_from_msg, net_err, MAX_FRAME};
+use crate::local::JobReport;
+use crate::{Error, Result};
+
+/// Submits `spec` to the coordinator at `coordinator` and waits until the job ends.
+/// Ctrl-C abandons the job: the coordinator sees the client go and aborts it.
+pub fn submit(coordinator: SocketAddr, secret: &Secret, spec: JobSpec) -> Result<JobReport> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    rt.block_on(async {
+        tokio::select! {
+            r = submit_async(coordinator, secret, spec) => r,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        }
+    })
+}
+
+async fn submit_async(
+    coordinator: SocketAddr,
+    secret: &Secret,
+    spec: JobSpec,
+) -> Result<JobReport> {
+    let started = Instant::now();
+    let bind: SocketAddr = if coordinator.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|e| Error::Net(format!("{e}")))?;
+    let endpoint = net::endpoint(bind, secret).map_err(net_err)?;
+    let conn = net::connect(&endpoint, coordinator)
+        .await
+        .map_err(net_err)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
+    let hello = encode_msg(&Hello::Client(spec)).map_err(net_err)?;
+    net::write_frame(&mut send, &hello).await.map_err(net_err)?;
+    let result = loop {
+        let Some(frame) = net::read_frame(&mut recv, MAX_FRAME)
+            .await
+            .map_err(net_err)?
+        else {
+            break Err(Error::Net(
+                "coordinator closed the connection before the job ended".into(),
+            ));
+        };
+        match decode_msg::<ToClient>(&frame).map_err(net_err)? {
+            ToClient::Accepted { job } => tracing::info!("job {job} accepted by {coordinator}"),
+            ToClient::Done {
+                counters,
+                parts,
+                map_tasks,
+                reduce_tasks,
+            } => {
+                break Ok(JobReport {
+                    counters: counters_from_msg(&counters),
+                    map_tasks: map_tasks as usize,
+                    reduce_tasks: reduce_tasks as usize,
+                    parts: parts.into_iter().map(PathBuf::from).collect(),
+                    elapsed: started.elapsed(),
+                })
+            }
+            ToClient::Failed { reason, user_error } => {
+                break Err(if user_error {
+                    Error::Usage(reason)
+                } else {
+                    Error::JobFailed(reason)
+                })
+            }
+        }
+    };
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    result
+}

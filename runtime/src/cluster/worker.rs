@@ -1,0 +1,683 @@
+//! A worker: registers with the coordinator, runs the attempts it is assigned, and serves
+//! its map outputs to reducers.
+//!
+//! Tasks on one worker:
+//! - the **control loop** reads [`ToWorker`] messages and starts/cancels attempts;
+//! - a **writer** sends [`ToCoordinator`] messages (results, failures) in order;
+//! - a **heartbeat** every 250 ms reports the progress of every running attempt;
+//! - the **fetch server** answers [`FetchRequest`]s with the requested partition of a map
+//!   attempt's runs, sent as the bytes on disk (an mmap handed to quinn, no copy);
+//! - one task per **attempt**: the CPU part runs on tokio's blocking pool; a reduce first
+//!   gathers one segment list per map as map outputs become ready (local disk when the map
+//!   ran on this host, QUIC otherwise) and reports each fetch that fails.
+//!
+//! Shared state lives in one `std::sync::Mutex` that is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quern_shuffle::net::{self, NetError};
+use quern_shuffle::wire::{
+    decode_msg, encode_msg, FetchRequest, Hello, JobSpec, MapLocation, ProgressMsg, Register,
+    TaskMsg, ToCoordinator, ToWorker,
+};
+use quern_shuffle::Secret;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    counters_to_msg, inputs_from_msg, net_err, run_from_msg, run_to_msg, split_from_msg,
+    JobFactory, MAX_FRAME,
+};
+use crate::input::map_file;
+use crate::io::IoService;
+use crate::job::{Counters, InputFile, Job, TaskControl};
+use crate::local::guarded;
+use crate::map::{run_map, run_map_only, MapEnv, RunFile};
+use crate::output::OutputDir;
+use crate::reduce::{reduce_to_file, Segment};
+use crate::{Error, Result};
+
+/// How a worker runs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The coordinator to join.
+    pub coordinator: SocketAddr,
+    /// Attempts run at once.
+    pub slots: u32,
+    /// Where map runs are written (local disk).
+    pub work_dir: PathBuf,
+    /// Address of this worker's endpoint (port 0: any).
+    pub bind: SocketAddr,
+    /// Read map output of this host from disk rather than over QUIC.
+    pub local_reads: bool,
+    /// How long to keep trying to reach the coordinator at start.
+    pub join_timeout: Duration,
+    /// Builds jobs from descriptors.
+    pub factory: JobFactory,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("coordinator", &self.coordinator)
+            .field("slots", &self.slots)
+            .field("work_dir", &self.work_dir)
+            .field("bind", &self.bind)
+            .field("local_reads", &self.local_reads)
+            .finish_non_exhaustive()
+    }
+}
+
+struct JobEntry {
+    id: u64,
+    spec: JobSpec,
+    job: std::result::Result<Arc<dyn Job>, String>,
+    inputs: Vec<InputFile>,
+    dir: PathBuf,
+    locations: watch::Sender<HashMap<u32, MapLocation>>,
+}
+
+struct RunningAttempt {
+    job: u64,
+    control: Arc<TaskControl>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<u64, Arc<JobEntry>>,
+    attempts: HashMap<u64, RunningAttempt>,
+    /// Committed-or-not map outputs this worker serves: (job, attempt) → runs.
+    served: HashMap<(u64, u64), Vec<RunFile>>,
+}
+
+struct Shared {
+    config: WorkerConfig,
+    io: IoService,
+    endpoint: quinn::Endpoint,
+    my_ip: IpAddr,
+    out: mpsc::UnboundedSender<ToCoordinator>,
+    state: Mutex<State>,
+    peers: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock poisons it; the state is still consistent (every
+        // critical section is a single map operation), so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report(&self, msg: ToCoordinator) {
+        let _ = self.out.send(msg);
+    }
+
+    /// A cached connection to a peer worker, (re)connecting when needed.
+    async fn peer(&self, addr: SocketAddr) -> std::result::Result<quinn::Connection, NetError> {
+        let mut peers = self.peers.lock().await;
+        if let Some(conn) = peers.get(&addr) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = net::connect(&self.endpoint, addr).await?;
+        peers.insert(addr, conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Runs a worker process until the coordinator tells it to stop or goes away.
+pub fn run(config: WorkerConfig, secret: &Secret) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(config.slots.max(1) as usize + 4)
+        .enable_all()
+        .thread_name("quern-worker")
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    rt.block_on(serve(config, secret))
+}
+
+async fn join(config: &WorkerConfig, endpoint: &quinn::Endpoint) -> Result<quinn::Connection> {
+    let deadline = tokio::time::Instant::now() + config.join_timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match net::connect(endpoint, config.coordinator).await {
+            Ok(conn) => return Ok(conn),
+            // A wrong secret will not get better by retrying.
+            Err(e @ NetError::Auth(_)) => return Err(Error::Usage(e.to_string())),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::Net(format!(
+                    "cannot reach coordinator {}: {e}",
+                    config.coordinator
+                )))
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
+    std::fs::create_dir_all(&config.work_dir).map_err(|e| Error::io(&config.work_dir, e))?;
+    let endpoint = net::endpoint(config.bind, secret).map_err(net_err)?;
+    let port = endpoint
+        .local_addr()
+        .map_err(|e| Error::io("endpoint", e))?
+        .port();
+    let conn = join(&config, &endpoint).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
+    let hello = Hello::Worker(Register {
+        slots: config.slots,
+        port,
+        pid: std::process::id(),
+    });
+    net::write_frame(&mut send, &encode_msg(&hello).map_err(net_err)?)
+        .await
+        .map_err(net_err)?;
+    let welcome = net::read_frame(&mut recv, MAX_FRAME)
+        .await
+        .map_err(net_err)?;
+    let Some(ToWorker::Welcome { worker, ip }) = welcome
+        .as_deref()
+        .map(decode_msg::<ToWorker>)
+        .transpose()
+        .map_err(net_err)?
+    else {
+        return Err(Error::Net("coordinator did not welcome this worker".into()));
+    };
+    let my_ip: IpAddr = ip
+        .parse()
+        .map_err(|e| Error::Net(format!("coordinator sent a bad address {ip:?}: {e}")))?;
+    tracing::info!(
+        "joined {} as worker {worker} ({my_ip}:{port})",
+        config.coordinator
+    );
+
+    let (out, mut out_rx) = mpsc::unbounded_channel::<ToCoordinator>();
+    let shared = Arc::new(Shared {
+        io: IoService::auto(),
+        endpoint: endpoint.clone(),
+        my_ip,
+        out,
+        state: Mutex::new(State::default()),
+        peers: tokio::sync::Mutex::new(HashMap::new()),
+        config,
+    });
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let bytes = encode_msg(&msg).map_err(net_err)?;
+            net::write_frame(&mut send, &bytes).await.map_err(net_err)?;
+        }
+        Ok::<(), Error>(())
+    });
+    let heartbeat = tokio::spawn(heartbeats(shared.clone()));
+    let server = tokio::spawn(fetch_server(shared.clone(), endpoint.clone()));
+
+    let result = loop {
+        let frame = match net::read_frame(&mut recv, MAX_FRAME).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Err(Error::Net("coordinator closed the connection".into())),
+            Err(e) => break Err(Error::Net(format!("lost the coordinator: {e}"))),
+        };
+        match decode_msg::<ToWorker>(&frame).map_err(net_err)? {
+            ToWorker::Shutdown => break Ok(()),
+            msg => handle(&shared, msg),
+        }
+    };
+    heartbeat.abort();
+    server.abort();
+    writer.abort();
+    // Stop every attempt and drop every job's intermediate files.
+    let jobs: Vec<u64> = shared.state().jobs.keys().copied().collect();
+    for job in jobs {
+        end_job(&shared, job);
+    }
+    endpoint.close(0u32.into(), b"worker exiting");
+    result
+}
+
+fn handle(shared: &Arc<Shared>, msg: ToWorker) {
+    match msg {
+        ToWorker::Welcome { .. } | ToWorker::Shutdown => {}
+        ToWorker::StartJob { job, spec } => {
+            let built = (shared.config.factory)(&spec.job);
+            let dir = shared.config.work_dir.join(format!("job-{job}"));
+            let entry = JobEntry {
+                id: job,
+                inputs: inputs_from_msg(&spec.inputs),
+                job: built,
+                spec,
+                dir,
+                locations: watch::Sender::new(HashMap::new()),
+            };
+            shared.state().jobs.insert(job, Arc::new(entry));
+        }
+        ToWorker::Assign { job, attempt, task } => {
+            let Some(entry) = shared.state().jobs.get(&job).cloned() else {
+                shared.report(ToCoordinator::Failed {
+                    attempt,
+                    error: format!("job {job} is unknown to this worker"),
+                });
+                return;
+            };
+            let control = Arc::new(TaskControl::default());
+            shared.state().attempts.insert(
+                attempt,
+                RunningAttempt {
+                    job,
+                    control: control.clone(),
+                },
+            );
+            tokio::spawn(run_attempt(shared.clone(), entry, attempt, task, control));
+        }
+        ToWorker::MapOutputReady { job, location } => {
+            if let Some(entry) = shared.state().jobs.get(&job) {
+                entry.locations.send_modify(|m| {
+                    m.insert(location.map, location);
+                });
+            }
+        }
+        ToWorker::MapOutputLost { job, map } => {
+            if let Some(entry) = shared.state().jobs.get(&job) {
+                entry.locations.send_modify(|m| {
+                    m.remove(&map);
+                });
+            }
+        }
+        ToWorker::Cancel { attempt } => {
+            if let Some(a) = shared.state().attempts.get(&attempt) {
+                a.control.cancel();
+            }
+        }
+        ToWorker::EndJob { job } => end_job(shared, job),
+    }
+}
+
+fn end_job(shared: &Shared, job: u64) {
+    let (entry, runs) = {
+        let mut state = shared.state();
+        for a in state.attempts.values().filter(|a| a.job == job) {
+            a.control.cancel();
+        }
+        let served: Vec<(u64, u64)> = state
+            .served
+            .keys()
+            .filter(|(j, _)| *j == job)
+            .copied()
+            .collect();
+        let runs: Vec<RunFile> = served
+            .iter()
+            .filter_map(|k| state.served.remove(k))
+            .flatten()
+            .collect();
+        (state.jobs.remove(&job), runs)
+    };
+    for run in runs {
+        let _ = std::fs::remove_file(&run.path);
+    }
+    if let Some(entry) = entry {
+        // Attempts still running write into this directory; they fail harmlessly.
+        let _ = std::fs::remove_dir_all(&entry.dir);
+    }
+}
+
+async fn heartbeats(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let progress = shared
+            .state()
+            .attempts
+            .iter()
+            .map(|(&attempt, a)| {
+                let (done, total) = a.control.progress();
+                ProgressMsg {
+                    attempt,
+                    done,
+                    total,
+                }
+            })
+            .collect();
+        shared.report(ToCoordinator::Heartbeat { progress });
+    }
+}
+
+/// What a finished attempt hands back.
+struct Outcome {
+    counters: Counters,
+    runs: Vec<RunFile>,
+}
+
+async fn run_attempt(
+    shared: Arc<Shared>,
+    entry: Arc<JobEntry>,
+    attempt: u64,
+    task: TaskMsg,
+    control: Arc<TaskControl>,
+) {
+    let result = match (&entry.job, task) {
+        (Err(e), _) => Err(Error::Usage(format!("cannot build job: {e}"))),
+        (Ok(job), TaskMsg::Map { index, split }) => {
+            let (shared2, entry2, job, control2) =
+                (shared.clone(), entry.clone(), job.clone(), control.clone());
+            blocking(move || {
+                map_attempt(
+                    &shared2,
+                    &entry2,
+                    &*job,
+                    attempt,
+                    index,
+                    split_from_msg(&split),
+                    &control2,
+                )
+            })
+            .await
+        }
+        (Ok(job), TaskMsg::Reduce { partition }) => {
+            reduce_attempt(&shared, &entry, job.clone(), attempt, partition, &control).await
+        }
+    };
+    let cancelled = control.is_cancelled();
+    shared.state().attempts.remove(&attempt);
+    match result {
+        Ok(outcome) if !cancelled => {
+            let runs = outcome.runs.iter().map(run_to_msg).collect();
+            if !outcome.runs.is_empty() {
+                shared
+                    .state()
+                    .served
+                    .insert((entry.id, attempt), outcome.runs);
+            }
+            shared.report(ToCoordinator::Finished {
+                attempt,
+                counters: counters_to_msg(&outcome.counters),
+                runs,
+            });
+        }
+        Ok(outcome) => {
+            for run in outcome.runs {
+                let _ = std::fs::remove_file(&run.path);
+            }
+        }
+        Err(Error::Cancelled) => {}
+        Err(e) => shared.report(ToCoordinator::Failed {
+            attempt,
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// Runs CPU work on the blocking pool, turning panics into errors.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(move || guarded("attempt", f))
+        .await
+        .map_err(|e| Error::TaskPanicked {
+            task: "attempt".into(),
+            message: e.to_string(),
+        })?
+}
+
+fn map_attempt(
+    shared: &Shared,
+    entry: &JobEntry,
+    job: &dyn Job,
+    attempt: u64,
+    index: u32,
+    split: crate::Split,
+    control: &TaskControl,
+) -> Result<Outcome> {
+    let input = entry.inputs.get(split.file as usize).ok_or_else(|| {
+        Error::Usage(format!(
+            "split names input {} of {}",
+            split.file,
+            entry.inputs.len()
+        ))
+    })?;
+    if entry.spec.reducers == 0 {
+        let out = OutputDir::open(Path::new(&entry.spec.output));
+        let tmp = out.attempt_file(index as usize, attempt as u32);
+        let counters = run_map_only(job, input, &split, &tmp, &shared.io, control)?;
+        out.commit_task(&tmp, index as usize)?;
+        return Ok(Outcome {
+            counters,
+            runs: Vec::new(),
+        });
+    }
+    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::io(&entry.dir, e))?;
+    let env = MapEnv {
+        io: &shared.io,
+        work_dir: &entry.dir,
+        reducers: entry.spec.reducers,
+        memory: usize::try_from(entry.spec.task_memory).unwrap_or(usize::MAX),
+    };
+    let (output, counters) = run_map(
+        job,
+        input,
+        &split,
+        &format!("map-{index:05}-a{attempt}"),
+        &env,
+        control,
+    )?;
+    Ok(Outcome {
+        counters,
+        runs: output.runs,
+    })
+}
+
+async fn reduce_attempt(
+    shared: &Arc<Shared>,
+    entry: &Arc<JobEntry>,
+    job: Arc<dyn Job>,
+    attempt: u64,
+    partition: u32,
+    control: &Arc<TaskControl>,
+) -> Result<Outcome> {
+    let maps = entry.spec.splits.len();
+    let mut have: Vec<Option<(u64, Vec<Segment>)>> = (0..maps).map(|_| None).collect();
+    let mut locations = entry.locations.subscribe();
+    loop {
+        if control.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let wanted: Vec<MapLocation> = locations
+            .borrow_and_update()
+            .values()
+            .filter(|l| (l.map as usize) < maps)
+            .filter(|l| {
+                have[l.map as usize]
+                    .as_ref()
+                    .is_none_or(|(a, _)| *a != l.attempt)
+            })
+            .cloned()
+            .collect();
+        let mut failed = false;
+        for location in wanted {
+            match fetch(shared, entry.id, &location, partition).await {
+                Ok(segments) => have[location.map as usize] = Some((location.attempt, segments)),
+                Err(e) => {
+                    failed = true;
+                    tracing::info!(
+                        "fetch of map {} from {} failed: {e}",
+                        location.map,
+                        location.addr
+                    );
+                    shared.report(ToCoordinator::FetchFailed {
+                        attempt,
+                        map: location.map,
+                        error: e.to_string(),
+                    });
+                }
+            }
+            if control.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+        if !failed && have.iter().all(Option::is_some) {
+            break;
+        }
+        // Wait for news (a new or re-run map), or retry failed fetches after a pause: each
+        // retry reports again, so a map that stays unreachable is eventually re-executed.
+        tokio::select! {
+            changed = locations.changed() => if changed.is_err() { return Err(Error::Cancelled) },
+            _ = tokio::time::sleep(Duration::from_millis(if failed { 500 } else { 250 })) => {}
+        }
+    }
+    let segments: Vec<Segment> = have.into_iter().flatten().flat_map(|(_, s)| s).collect();
+    let out = OutputDir::open(Path::new(&entry.spec.output));
+    let (shared2, control2) = (shared.clone(), control.clone());
+    blocking(move || {
+        let tmp = out.attempt_file(partition as usize, attempt as u32);
+        let counters =
+            reduce_to_file(&*job, &segments, &tmp, &shared2.io, &control2).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+        out.commit_task(&tmp, partition as usize)?;
+        Ok(Outcome {
+            counters,
+            runs: Vec::new(),
+        })
+    })
+    .await
+    .inspect_err(|e| {
+        // A corrupt map output: tell the coordinator which map, so it can be re-run.
+        if let Error::BadMapOutput { map, .. } = e {
+            shared.report(ToCoordinator::FetchFailed {
+                attempt,
+                map: *map,
+                error: e.to_string(),
+            });
+        }
+    })
+}
+
+/// Gets partition `partition` of a map attempt's output: from disk when it lives on this
+/// host, else over QUIC from the worker that holds it.
+async fn fetch(
+    shared: &Arc<Shared>,
+    job: u64,
+    location: &MapLocation,
+    partition: u32,
+) -> Result<Vec<Segment>> {
+    let addr: SocketAddr = location
+        .addr
+        .parse()
+        .map_err(|e| Error::Net(format!("bad map location {:?}: {e}", location.addr)))?;
+    let runs: Vec<RunFile> = location.runs.iter().map(run_from_msg).collect();
+    if shared.config.local_reads && addr.ip() == shared.my_ip {
+        let map = location.map;
+        return blocking(move || {
+            runs.iter()
+                .map(|run| Segment::open(run, partition as usize).map(|s| s.of_map(map)))
+                .collect()
+        })
+        .await;
+    }
+    let conn = shared.peer(addr).await.map_err(net_err)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
+    let request = FetchRequest {
+        job,
+        attempt: location.attempt,
+        partition,
+    };
+    net::write_frame(&mut send, &encode_msg(&request).map_err(net_err)?)
+        .await
+        .map_err(net_err)?;
+    let _ = send.finish();
+    let want: u64 = runs
+        .iter()
+        .map(|r| r.segments.get(partition as usize).map_or(0, |s| s.1))
+        .sum();
+    let buffers = net::recv_segments(&mut recv, want).await.map_err(net_err)?;
+    if buffers.len() != runs.len() {
+        return Err(Error::Net(format!(
+            "{addr} sent {} segments for map {}, expected {}",
+            buffers.len(),
+            location.map,
+            runs.len()
+        )));
+    }
+    Ok(buffers
+        .into_iter()
+        .zip(&runs)
+        .map(|(buf, run)| {
+            let offset = run.segments.get(partition as usize).map_or(0, |s| s.0);
+            let origin = PathBuf::from(format!("{addr}:{}", run.path.display()));
+            Segment::fetched(origin, offset, buf).of_map(location.map)
+        })
+        .collect())
+}
+
+async fn fetch_server(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match net::accept(incoming).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("refused a shuffle connection: {e}");
+                    return;
+                }
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve_fetch(shared.clone(), send, recv));
+            }
+        });
+    }
+}
+
+async fn serve_fetch(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let request = match net::read_frame(&mut recv, MAX_FRAME).await {
+        Ok(Some(frame)) => match decode_msg::<FetchRequest>(&frame) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = send.reset(1u32.into());
+                return;
+            }
+        },
+        _ => return,
+    };
+    let runs = shared
+        .state()
+        .served
+        .get(&(request.job, request.attempt))
+        .cloned();
+    let Some(runs) = runs else {
+        let _ = send.reset(2u32.into());
+        return;
+    };
+    let part = request.partition as usize;
+    let segments: Result<Vec<Bytes>> = runs
+        .iter()
+        .map(|run| {
+            let (offset, len) = run.segments.get(part).copied().unwrap_or((0, 0));
+            if len == 0 {
+                return Ok(Bytes::new());
+            }
+            let file = std::fs::File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
+            Ok(Bytes::from_owner(map_file(&file, &run.path, offset, len)?))
+        })
+        .collect();
+    match segments {
+        Ok(segments) => {
+            if let Err(e) = net::send_segments(&mut send, segments).await {
+                tracing::debug!("shuffle send failed: {e}");
+            }
+            // Let the reducer read everything before the stream's state goes away.
+            let _ = send.stopped().await;
+        }
+        Err(e) => {
+            tracing::warn!("cannot serve map output: {e}");
+            let _ = send.reset(3u32.into());
+        }
+    }
+}
