@@ -23,7 +23,9 @@ use criterion::{
 use quern_runtime::io::IoService;
 use quern_runtime::map::{run_map, MapEnv, RunFile, BLOCK_BYTES};
 use quern_runtime::reduce::run_reduce;
-use quern_runtime::{InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split};
+use quern_runtime::{
+    InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split, TaskControl,
+};
 use quern_shuffle::{BlockWriter, FrameIter};
 use rkyv::util::AlignedVec;
 
@@ -190,8 +192,15 @@ fn bench_map(c: &mut Criterion) {
             b.iter_batched(
                 || clean_dir(&work),
                 |()| {
-                    let (output, _counters) =
-                        run_map(&Identity, &input, &split, "map-0", &env).expect("map task");
+                    let (output, _counters) = run_map(
+                        &Identity,
+                        &input,
+                        &split,
+                        "map-0",
+                        &env,
+                        &TaskControl::default(),
+                    )
+                    .expect("map task");
                     assert_eq!(output.runs.len(), 1, "the task must write one run");
                     output
                 },
@@ -230,8 +239,15 @@ fn bench_reduce(c: &mut Criterion) {
                     per_map
                 },
             };
-            let (output, _) =
-                run_map(&Identity, &input, &split, &format!("map-{m}"), &env).expect("map task");
+            let (output, _) = run_map(
+                &Identity,
+                &input,
+                &split,
+                &format!("map-{m}"),
+                &env,
+                &TaskControl::default(),
+            )
+            .expect("map task");
             output.runs
         })
         .collect();

@@ -66,12 +66,18 @@ pub struct RunArgs {
     /// Worker processes of the embedded local cluster (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Submit to a running coordinator instead of starting a local cluster.
-    #[arg(long, requires = "secret_file")]
+    /// Submit to a running coordinator (HOST:PORT) instead of starting a local cluster.
+    #[arg(long, requires = "secret_file", value_parser = parse_addr)]
     coordinator: Option<SocketAddr>,
     /// The cluster secret, with --coordinator.
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Launch backup attempts for straggling tasks (LATE): on or off.
+    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    speculation: bool,
+    /// Skip records that crash a map twice at the same place, and list them in the summary.
+    #[arg(long)]
+    skip_bad_records: bool,
     /// Print no summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -178,8 +184,8 @@ enum Command {
     },
     /// Run a worker: joins a coordinator, runs tasks, serves map output.
     Worker {
-        /// The coordinator's address.
-        #[arg(long)]
+        /// The coordinator's address, HOST:PORT.
+        #[arg(long, value_parser = parse_addr)]
         join: SocketAddr,
         /// The cluster secret (hex).
         #[arg(long)]
@@ -228,6 +234,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
                 Ok(n)
             }
         })
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+/// Resolves `HOST:PORT` (a name or an IP address) to the first address it names.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?} (expected HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -327,6 +350,18 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) {
         secs,
         bytes_in as f64 / secs.max(1e-9) / 1e6,
     );
+    if !report.skipped.is_empty() {
+        let list: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(f, o)| format!("{f} byte {o}"))
+            .collect();
+        eprintln!(
+            "quern {name}: skipped {} bad records: {}",
+            list.len(),
+            list.join(", ")
+        );
+    }
 }
 
 /// A planned job, ready to run in any mode.
@@ -390,6 +425,8 @@ impl RunArgs {
             reducers: job.reducers,
             output: output.display().to_string(),
             task_memory: (self.memory() / cores).max(1 << 20),
+            speculation: self.speculation,
+            skip_bad_records: self.skip_bad_records,
         };
         if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
             return cluster::client::submit(addr, &read_secret(secret)?, spec);

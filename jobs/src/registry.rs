@@ -136,6 +136,7 @@ mod tests {
             count: false,
             names: vec![],
         };
-        assert!(bad.build().unwrap_err().contains("invalid regex"));
+        let err = bad.build().err().expect("an invalid regex must not build");
+        assert!(err.contains("invalid regex"), "{err}");
     }
 }

@@ -115,15 +115,110 @@ impl Counters {
     }
 }
 
-/// Shared between a running attempt and whoever supervises it: a cancel flag and progress.
+/// Faults injected into every attempt of a worker, for tests and benchmarks only
+/// (`QUERN_FAULT`, read by the worker process).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Run this many times slower (1.0 or less: normal speed).
+    pub slow: f64,
+    /// Panic, as a buggy `map` would, on records containing these bytes.
+    pub panic_on: Option<Vec<u8>>,
+}
+
+impl Faults {
+    /// Parses `slow:N` and `panic-on:TEXT`, comma-separated.
+    pub fn parse(spec: &str) -> Result<Faults, String> {
+        let mut faults = Faults::default();
+        for item in spec.split(',').filter(|s| !s.is_empty()) {
+            match item.split_once(':') {
+                Some(("slow", n)) => {
+                    faults.slow = n
+                        .parse()
+                        .map_err(|_| format!("QUERN_FAULT: bad factor in {item:?}"))?
+                }
+                Some(("panic-on", text)) if !text.is_empty() => {
+                    faults.panic_on = Some(text.as_bytes().to_vec())
+                }
+                _ => {
+                    return Err(format!(
+                        "QUERN_FAULT: unknown fault {item:?} (slow:N, panic-on:TEXT)"
+                    ))
+                }
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// Shared between a running attempt and whoever supervises it: a cancel flag, progress,
+/// the record being processed (to blame it if user code crashes), records to skip, and
+/// injected faults.
 #[derive(Debug, Default)]
 pub struct TaskControl {
     cancelled: AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
+    current: AtomicU64,
+    skip: Vec<u64>,
+    faults: Faults,
+}
+
+/// Slows a loop down by a factor (the `slow:N` fault): called now and then, it sleeps for
+/// `N - 1` times the time the loop ran since the previous call.
+#[derive(Debug)]
+pub struct Pacer {
+    factor: f64,
+    since: std::time::Instant,
+}
+
+impl Pacer {
+    /// Paces at `control`'s slowness (a no-op at normal speed).
+    pub fn new(control: &TaskControl) -> Pacer {
+        Pacer {
+            factor: control.faults.slow,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Sleeps as the fault requires.
+    pub fn pace(&mut self) {
+        if self.factor > 1.0 {
+            std::thread::sleep(self.since.elapsed().mul_f64(self.factor - 1.0));
+            self.since = std::time::Instant::now();
+        }
+    }
 }
 
 impl TaskControl {
+    /// A control for an attempt that must skip the records at `skip` (byte offsets) and
+    /// suffer `faults`.
+    pub fn new(mut skip: Vec<u64>, faults: Faults) -> TaskControl {
+        skip.sort_unstable();
+        TaskControl {
+            skip,
+            faults,
+            current: AtomicU64::new(u64::MAX),
+            ..TaskControl::default()
+        }
+    }
+
+    /// Offset of the record the attempt is processing (`None` before the first).
+    pub fn current_record(&self) -> Option<u64> {
+        Some(self.current.load(Ordering::Relaxed)).filter(|&o| o != u64::MAX)
+    }
+
+    pub(crate) fn set_current(&self, offset: u64) {
+        self.current.store(offset, Ordering::Relaxed);
+    }
+
+    pub(crate) fn skips(&self, offset: u64) -> bool {
+        !self.skip.is_empty() && self.skip.binary_search(&offset).is_ok()
+    }
+
+    pub(crate) fn panic_on(&self) -> Option<&[u8]> {
+        self.faults.panic_on.as_deref()
+    }
+
     /// Asks the attempt to stop; it returns [`crate::Error::Cancelled`] at its next check.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);

@@ -49,6 +49,8 @@ pub struct JobReport {
     pub parts: Vec<PathBuf>,
     /// Wall time from planning to commit.
     pub elapsed: Duration,
+    /// Records skipped as bad (`--skip-bad-records`): input name and byte offset.
+    pub skipped: Vec<(String, u64)>,
 }
 
 /// The splits of a job, ready to run.
@@ -107,6 +109,7 @@ pub fn run_planned(
                 reduce_tasks,
                 parts,
                 elapsed: started.elapsed(),
+                skipped: Vec::new(),
             })
         }
         Err(e) => {

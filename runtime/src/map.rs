@@ -13,7 +13,7 @@ use quern_shuffle::BlockWriter;
 
 use crate::input::{Split, SplitData};
 use crate::io::{FileWriter, IoService};
-use crate::job::{Counters, InputFile, Job, MapContext, Sink, SplitInfo, TaskControl};
+use crate::job::{Counters, InputFile, Job, MapContext, Pacer, Sink, SplitInfo, TaskControl};
 use crate::{Error, Result};
 
 /// Bytes handed to the I/O layer per write.
@@ -311,18 +311,13 @@ pub fn run_map(
         start: split.start,
         len: split.len,
     };
-    let mut counted = CountingRecords {
-        inner: &mut records,
-        n: 0,
-        start: split.start,
-        control,
-    };
+    let mut counted = CountingRecords::new(&mut records, split.start, control);
     control.set_progress(0, split.len);
     {
         let mut ctx = MapContext::new(&mut buffer, &mut counters);
         job.map_split(&info, &mut counted, &mut ctx);
     }
-    let records_in = counted.n;
+    let (records_in, skipped) = (counted.n, counted.skipped);
     if control.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -332,6 +327,9 @@ pub fn run_map(
     buffer.spill()?;
     counters.merge(&buffer.counters);
     counters.add("map.input.records", records_in);
+    if skipped > 0 {
+        counters.add("map.skipped.records", skipped);
+    }
     counters.add(
         "map.input.bytes",
         u128::from(if matches!(format, crate::InputFormat::Rows(_)) {
@@ -367,18 +365,13 @@ pub fn run_map_only(
         start: split.start,
         len: split.len,
     };
-    let mut counted = CountingRecords {
-        inner: &mut records,
-        n: 0,
-        start: split.start,
-        control,
-    };
+    let mut counted = CountingRecords::new(&mut records, split.start, control);
     control.set_progress(0, split.len);
     {
         let mut ctx = MapContext::new(&mut sink, &mut counters);
         job.map_split(&info, &mut counted, &mut ctx);
     }
-    let records_in = counted.n;
+    let (records_in, skipped) = (counted.n, counted.skipped);
     if control.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -394,17 +387,37 @@ pub fn run_map_only(
     }
     let bytes = file.finish(true)?;
     counters.add("map.input.records", records_in);
+    if skipped > 0 {
+        counters.add("map.skipped.records", skipped);
+    }
     counters.add("map.output.records", sink.records);
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)
 }
 
-/// Counts records, publishes progress and stops early when the attempt is cancelled.
+/// Wraps a split's records: counts them, publishes progress, stops early when the attempt
+/// is cancelled, remembers the current record (to blame it if `map` crashes), skips known
+/// bad records, and applies injected faults.
 struct CountingRecords<'r, I> {
     inner: &'r mut I,
     n: u128,
+    skipped: u128,
     start: u64,
     control: &'r TaskControl,
+    pacer: Pacer,
+}
+
+impl<'r, I> CountingRecords<'r, I> {
+    fn new(inner: &'r mut I, start: u64, control: &'r TaskControl) -> Self {
+        CountingRecords {
+            inner,
+            n: 0,
+            skipped: 0,
+            start,
+            control,
+            pacer: Pacer::new(control),
+        }
+    }
 }
 
 impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_, I> {
@@ -412,24 +425,39 @@ impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_,
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.n % 4096 == 0 && self.n > 0 && self.control.is_cancelled() {
-            return None;
-        }
-        let r = self.inner.next();
-        match &r {
-            Some(rec) => {
-                self.n += 1;
-                if self.n % 4096 == 0 {
-                    let (_, total) = self.control.progress();
-                    self.control
-                        .set_progress(rec.offset.saturating_sub(self.start), total);
+        loop {
+            if self.n % 4096 == 0 && self.n > 0 {
+                if self.control.is_cancelled() {
+                    return None;
                 }
+                self.pacer.pace();
             }
-            None => {
+            let Some(rec) = self.inner.next() else {
                 let (_, total) = self.control.progress();
                 self.control.set_progress(total, total);
+                return None;
+            };
+            self.n += 1;
+            self.control.set_current(rec.offset);
+            if self.n % 4096 == 0 {
+                let (_, total) = self.control.progress();
+                self.control
+                    .set_progress(rec.offset.saturating_sub(self.start), total);
             }
+            if self.control.skips(rec.offset) {
+                self.skipped += 1;
+                continue;
+            }
+            if let Some(text) = self.control.panic_on() {
+                if memchr::memmem::find(rec.data, text).is_some() {
+                    panic!(
+                        "injected fault: record at byte {} contains {:?}",
+                        rec.offset,
+                        String::from_utf8_lossy(text)
+                    );
+                }
+            }
+            return Some(rec);
         }
-        r
     }
 }

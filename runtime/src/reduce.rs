@@ -211,6 +211,7 @@ pub fn reduce_segments(
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut values: Vec<&[u8]> = Vec::new();
     let (mut keys, mut records) = (0u128, 0u128);
+    let mut pacer = crate::job::Pacer::new(control);
     while let Some(top) = heap.peek() {
         let key = top.key;
         values.clear();
@@ -226,8 +227,11 @@ pub fn reduce_segments(
         }
         keys += 1;
         records += values.len() as u128;
-        if keys % 1024 == 0 && control.is_cancelled() {
-            return Err(Error::Cancelled);
+        if keys % 1024 == 0 {
+            if control.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            pacer.pace();
         }
         let mut ctx = ReduceContext::new(&mut buf, &mut counters);
         job.reduce(key, &mut values.iter().copied(), &mut ctx);

@@ -3,8 +3,10 @@
 //!
 //! This is the quinn-proto pattern. The coordinator (an async driver elsewhere) owns the
 //! sockets and timers; it feeds what happened into [`Scheduler::handle`] together with the
-//! current time, `now`, measured from job start, and then drains [`Scheduler::poll`] until it
-//! returns `None`, carrying out each [`Command`] in order. Because the state machine sees the
+//! current time, `now`, measured from job start, then drains [`Scheduler::poll_journal`]
+//! (appending each entry to the job's journal and fsyncing — see [`journal`]) and then
+//! [`Scheduler::poll`] until it returns `None`, carrying out each [`Command`] in order.
+//! Because the state machine sees the
 //! world only through [`Event`]s and `now`, the same sequence of calls always yields the same
 //! commands, which is what lets `tests/sim.rs` replay thousands of randomly faulty clusters
 //! per second.
@@ -19,9 +21,12 @@
 //!
 //! # Rules
 //!
-//! * **Placement.** After every event, idle tasks fill free slots: maps before reduces, lowest
-//!   task index first, each on the live worker with the most free slots (ties: lowest id).
-//!   Reduces are placed only while no map is idle, so reducers never starve maps of slots. A
+//! * **Placement.** After every event, free slots are filled in this order: idle maps, backups
+//!   of straggling maps, idle reduces, backups of straggling reduces (see *Speculation*).
+//!   Idle tasks go lowest task index first, each on the live worker with the most free slots
+//!   (ties: lowest id) — with speculation on, a *slow* worker only if no other worker has a
+//!   free slot. Reduces are placed only while no map is idle, so reducers never starve maps
+//!   of slots. A
 //!   map can become idle again after reducers filled every slot (its output was lost); then
 //!   the newest reduce attempt is *preempted* (cancelled, not counted as a failure) to make
 //!   room for it — otherwise reducers waiting for that map's output would wait forever.
@@ -29,7 +34,7 @@
 //!   committed map, right after a reduce attempt is assigned, so every reducer learns every
 //!   location. Map-only jobs have no reducers and get no `MapOutputReady`.
 //! * **Exactly once.** The first `AttemptSucceeded` of a task commits it and every other
-//!   running attempt of the task is cancelled. Reports from attempts that are not running
+//!   running attempt of the task (a backup, or the original a backup beat) is cancelled. Reports from attempts that are not running
 //!   (cancelled, failed, lost, already committed) and about unknown attempts or workers are
 //!   ignored.
 //! * **Lost workers.** A worker is lost on [`Event::WorkerLost`] or when nothing was heard
@@ -51,6 +56,56 @@
 //!   re-running when the last reduce commits: that re-run is cancelled and the map stays
 //!   idle; [`Scheduler::committed_attempt`] still names the attempt whose output counted.)
 //!
+//! # Speculation
+//!
+//! LATE (Zaharia et al., OSDI'08), plus the MapReduce paper's end-of-phase backups (§3.6).
+//! On by default; `Config::speculation = false` turns it off, and then placement is exactly
+//! as without it.
+//!
+//! * **Estimates.** For a running attempt with at least one progress report: progress rate
+//!   = progress / elapsed, estimated time left = (1 − progress) / rate, less the time since
+//!   the report. *Elapsed* runs from its last report of zero progress (its start if none)
+//!   to its last report, so an attempt that waited before progressing — a reduce waiting for
+//!   map outputs — is judged on how fast it goes once it goes. An attempt reporting zero
+//!   progress has rate 0 and infinite time left.
+//! * **Expected duration** of a new attempt of a phase: the mean duration (assignment to
+//!   commit) of the attempts of that phase that committed. No backups of a phase before one
+//!   of its attempts committed.
+//! * **Candidates.** A running task with exactly one running attempt (at most one backup per
+//!   task) that is at least `min_runtime` old, when no task of its phase is idle and a slot
+//!   is free. A reduce's age counts from when every map output was available, and no reduce
+//!   is backed up while one is missing (it could not finish anyway). A candidate is backed
+//!   up if it is *slow* — its rate is below the `slow_task_percentile` (linear
+//!   interpolation) of the rates of its phase's running attempts — and its time left exceeds
+//!   the expected duration, or (end of phase) if its time left exceeds `speculation_margin`
+//!   (1.5) × the expected duration. On a healthy cluster no estimate comes near either bar,
+//!   so nothing is re-executed.
+//! * **Choice.** Longest time left first, while fewer than `max(1, ⌊speculative_cap ×
+//!   live slots⌋)` backups run (a task's running attempts beyond its first), each on the
+//!   live worker with the most free slots that is neither the original's nor *slow*: its
+//!   mean progress rate (committed attempts: 1 / time from their last zero-progress report
+//!   to commit; running ones that made progress: their rate) is below the
+//!   `slow_worker_percentile` of the workers' means. Workers without data are not slow.
+//! * **Order.** Map backups go before idle reduces: no reduce can finish before every map
+//!   committed, so a straggling map holds up the whole job.
+//! * The backup's [`Command::Assign`] carries the reason in `backup`; [`Stats`] counts
+//!   `backups_launched` and `backups_won` (backups whose success committed the task).
+//!
+//! # Journal and resume
+//!
+//! The scheduler queues a [`JournalEvent`] for every commit of a task, for the end of the job,
+//! and for each block of attempt ids before it is used; [`journal`] has the contract and the
+//! byte format. A restarted coordinator decodes the journal and calls
+//! [`Scheduler::resume_from_journal`] (or [`Scheduler::resume`] with the committed tasks):
+//!
+//! * committed reduces are final and never run again;
+//! * committed maps are [`MapState::Unattached`]: a re-registered worker that still holds
+//!   the committed attempt's output says so with [`Event::OutputFound`], which re-attaches
+//!   the map (`MapOutputReady`). While some reduce has not committed, maps not re-attached
+//!   within `resume_grace` of the first event are re-executed. In a map-only job (or once
+//!   every reduce committed) committed maps are final;
+//! * new attempt ids start above every journaled one (committed or reserved).
+//!
 //! # Task states
 //!
 //! [`MapState`] — a map's output can be lost after commit, so it can go round again:
@@ -60,12 +115,19 @@
 //!   ---> +------+ -------> +---------+ ------------------> +-----------+
 //!        | Idle |          | Running |                     | Committed |
 //!        +------+ <------- +---------+                     +-----------+
-//!           ^    its last running attempt                        |
-//!           |    failed, was lost or was cancelled               |
-//!           +----------------------------------------------------+
-//!             output lost while some reduce is uncommitted: its worker
-//!             was lost, or `fetch_failures_to_reexecute` FetchFailed
+//!         ^  ^   its last running attempt                     |     ^
+//!         |  |   failed, was lost or was cancelled            |     | OutputFound
+//!         |  +------------------------------------------------+     |
+//!         |    output lost while some reduce is uncommitted:  +------------+
+//!         |    its worker was lost, or                        | Unattached | <--- resume
+//!         |    `fetch_failures_to_reexecute` FetchFailed      +------------+   (journaled
+//!         |                                                         |           commit)
+//!         +---------------------------------------------------------+
+//!           not re-attached within `resume_grace` while some reduce is uncommitted
 //! ```
+//!
+//! A `Running` map may be backed up (a second running attempt); it stays `Running` until its
+//! last attempt leaves, and the first success commits it.
 //!
 //! [`ReduceState`] — a reduce's output is final once committed:
 //!
@@ -74,12 +136,13 @@
 //!   ---> +------+ -------> +---------+ ------------------> +-----------+
 //!        | Idle |          | Running |                     | Committed |  (final)
 //!        +------+ <------- +---------+                     +-----------+
-//!                its last running attempt failed,
-//!                was lost or was cancelled (preempted)
+//!                its last running attempt failed,                ^
+//!                was lost or was cancelled (preempted)           | resume (journaled
+//!                                                                  commit)
 //! ```
 //!
-//! `Running` holds the set of running attempts. Today it has one member; a speculative
-//! backup (below) adds more, and the task stays `Running` until the last one leaves.
+//! `Running` holds the set of running attempts: one, or two once a speculative backup was
+//! launched; the task stays `Running` until the last one leaves.
 //!
 //! # Attempt states
 //!
@@ -94,30 +157,20 @@
 //!     |  |  +-- AttemptFailed --> Failed                       | map output lost
 //!     |  +----- worker lost ----> Lost                         v
 //!     +-------- Cancel ---------> Cancelled             +------------+
-//!               (superseded,                            | OutputLost |
-//!                preempted,                             +------------+
-//!                job ended)
+//!               (superseded — the                       | OutputLost |
+//!                original or its backup —               +------------+
+//!                preempted, job ended)
 //! ```
 //!
 //! [`WorkerState`]: `Alive` → `Lost` (terminal) on `WorkerLost` or heartbeat timeout.
 //! The job: running → done | failed (both terminal).
 //!
-//! # Extension points
-//!
-//! * **Speculation (LATE).** A task may already hold several running attempts: commit cancels
-//!   the losers, and losing one attempt leaves the task running on the others. Each
-//!   [`Attempt`] records its start time and last reported progress, which is what LATE's
-//!   progress rate needs. A speculation pass would run at the end of placement (marked in
-//!   `Scheduler::schedule`), after idle tasks had their chance at free slots, and launch
-//!   backups through the same `launch` path.
-//! * **Journal.** The committed transitions — a task commits, a map's output is lost, the job
-//!   ends — each happen in exactly one private method (`commit`, `lose_map_output`,
-//!   `fail_job`, `finish_if_done`); a journal record would be appended there, and replay would
-//!   drive the same methods.
 
+pub mod journal;
 mod scheduler;
 mod state;
 
+pub use journal::JournalEvent;
 pub use scheduler::Scheduler;
 pub use state::{Attempt, AttemptState, CancelReason, MapState, ReduceState, Stats, TaskState};
 pub use state::{JobState, Worker, WorkerState};
@@ -195,7 +248,7 @@ impl fmt::Display for AttemptId {
 /// The shape of a job and the scheduler's knobs.
 ///
 /// `Config { maps: 8, reduces: 2, ..Config::default() }` takes the default knobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Number of map tasks.
     pub maps: u32,
@@ -208,6 +261,27 @@ pub struct Config {
     pub fetch_failures_to_reexecute: u32,
     /// A worker not heard from for longer than this is lost (default 2 s).
     pub heartbeat_timeout: Duration,
+    /// Whether to launch speculative backups of straggling attempts (default true). See
+    /// "Speculation" in the crate docs.
+    pub speculation: bool,
+    /// A running task is *slow* if its progress rate is below this percentile (`0.0..=1.0`)
+    /// of the progress rates of its phase's running attempts (default 0.25).
+    pub slow_task_percentile: f64,
+    /// At most this fraction of the live workers' slots runs backups at once, and never less
+    /// than one backup (default 0.1).
+    pub speculative_cap: f64,
+    /// An attempt younger than this is never backed up (default 1 s).
+    pub min_runtime: Duration,
+    /// A worker is *slow* — gets no backups — if its mean progress rate is below this
+    /// percentile of the workers' mean rates (default 0.25). Workers without data are not
+    /// slow.
+    pub slow_worker_percentile: f64,
+    /// End-of-phase backups need an estimated time left above this many times the expected
+    /// duration of a new attempt (default 1.5); slow tasks need it above 1×.
+    pub speculation_margin: f64,
+    /// After [`Scheduler::resume`], maps whose output no worker reported
+    /// ([`Event::OutputFound`]) within this time are re-executed (default 3 s).
+    pub resume_grace: Duration,
 }
 
 impl Config {
@@ -230,6 +304,13 @@ impl Default for Config {
             max_attempts: 4,
             fetch_failures_to_reexecute: 3,
             heartbeat_timeout: Duration::from_secs(2),
+            speculation: true,
+            slow_task_percentile: 0.25,
+            speculative_cap: 0.1,
+            min_runtime: Duration::from_secs(1),
+            slow_worker_percentile: 0.25,
+            speculation_margin: 1.5,
+            resume_grace: Duration::from_secs(3),
         }
     }
 }
@@ -275,7 +356,16 @@ pub enum Event {
         /// The map whose output could not be fetched.
         map: u32,
     },
-    /// Nothing happened, but time passed: lets the heartbeat timeout fire.
+    /// After [`Scheduler::resume`]: a re-registered worker (send its `WorkerJoined` first)
+    /// still holds the output of map attempt `attempt`. Re-attaches the map whose journaled commit is `attempt` (it must
+    /// still be [`MapState::Unattached`]); anything else is ignored.
+    OutputFound {
+        /// The worker holding the output.
+        worker: WorkerId,
+        /// The map attempt that wrote it.
+        attempt: AttemptId,
+    },
+    /// Nothing happened, but time passed: lets the heartbeat and resume timeouts fire.
     Tick,
 }
 
@@ -290,6 +380,10 @@ pub enum Command {
         task: TaskId,
         /// Where it runs.
         worker: WorkerId,
+        /// `Some(why)` for a speculative backup of a running attempt, e.g. `"backup of map 7
+        /// (attempt 12 on worker 3): rate 0.021/s below p25 0.180/s, 47.6 s left"`; `None`
+        /// for a normal assignment.
+        backup: Option<String>,
     },
     /// Stop `attempt` on `worker` and discard its output; its reports will be ignored.
     Cancel {

@@ -2,15 +2,18 @@
 //!
 //! Every `handle` call runs three steps in this order:
 //!
-//! 1. *Expire*: declare lost every live worker silent for longer than `heartbeat_timeout`.
+//! 1. *Expire*: declare lost every live worker silent for longer than `heartbeat_timeout`;
+//!    after a resume, re-execute the unattached maps once `resume_grace` has run out.
 //! 2. *Apply* the event. Reports are checked against the attempt's state first: only a
 //!    `Running` attempt can commit, fail or report a fetch failure.
-//! 3. *Schedule*: fill free slots with idle tasks (and preempt a reducer for an idle map that
-//!    finds no slot).
+//! 3. *Schedule*: fill free slots with idle maps (preempting a reducer for an idle map that
+//!    finds no slot), backups of straggling maps, idle reduces, backups of straggling
+//!    reduces.
 //!
 //! Commands are queued as the transitions happen, so `poll` returns them in causal order:
 //! for example a `Cancel` of a superseded attempt follows the commit that superseded it, and
 //! every `Cancel` of a job's still-running attempts precedes its `JobDone`/`JobFailed`.
+//! Journal entries go to their own queue (`poll_journal`), which the driver drains first.
 //!
 //! Every transition of an attempt out of `Running` goes through [`Scheduler::end_attempt`],
 //! which keeps the three views of a running attempt — the attempt's state, its worker's
@@ -20,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::mem;
 use std::time::Duration;
 
+use crate::journal::JournalEvent;
 use crate::state::{
     Attempt, AttemptState, CancelReason, JobState, MapState, ReduceState, Stats, TaskState, Worker,
     WorkerState,
@@ -45,8 +49,27 @@ pub struct Scheduler {
     next_attempt: u64,
     workers: BTreeMap<WorkerId, Worker>,
     commands: VecDeque<Command>,
+    /// Transitions to journal, drained by `poll_journal` before `commands`.
+    journal: VecDeque<JournalEvent>,
     job: JobState,
     stats: Stats,
+    /// The first attempt id of this incarnation; lower ids were journaled before a restart.
+    first_attempt: u64,
+    /// Ids below this are reserved in the journal (`JournalEvent::AttemptsReserved`).
+    reserved_below: u64,
+    /// Invariant: exactly the maps in `MapState::Unattached`, by their journaled attempt.
+    unattached: BTreeMap<AttemptId, u32>,
+    /// After `resume`: when unattached maps are re-executed. Set by the first `handle`.
+    grace_until: Option<Duration>,
+    /// Per phase (`Phase as usize`): total duration and number of the attempts that
+    /// committed in this incarnation — what a new attempt is expected to take.
+    committed_durations: [(Duration, u32); 2],
+    /// Since when every map output has been available (`None` while one is missing): a
+    /// reduce cannot progress before, so its age for speculation counts from here.
+    outputs_since: Option<Duration>,
+    /// Per worker: sum and number of the progress rates (1 / time from `progress_since` to
+    /// commit) of its committed attempts, for the slow-worker test.
+    worker_rates: BTreeMap<WorkerId, (f64, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +94,102 @@ struct ReduceTask {
 impl Scheduler {
     /// A scheduler for a job of `config.maps` maps and `config.reduces` reduces, with no
     /// workers yet. A job with no tasks at all is done at once: `poll` returns `JobDone`.
-    pub fn new(mut config: Config) -> Scheduler {
+    pub fn new(config: Config) -> Scheduler {
+        let mut scheduler = Scheduler::blank(config);
+        scheduler.finish_if_done();
+        scheduler
+    }
+
+    /// A scheduler for a job that a previous coordinator had started: the tasks in
+    /// `committed` (from the journal, see [`crate::journal::commits`]) are already committed.
+    ///
+    /// * A committed reduce is final: it is never run again.
+    /// * A committed map is [`MapState::Unattached`]: its output may still sit on a worker,
+    ///   which says so with [`Event::OutputFound`] once it re-registered; that re-attaches
+    ///   the map (`MapOutputReady`). While some reduce has not committed, the maps not
+    ///   re-attached `resume_grace` after the first [`Scheduler::handle`] are re-executed. In
+    ///   a map-only job (or once every reduce committed) committed maps are final.
+    /// * New attempt ids start above every id in `committed`.
+    ///
+    /// A task listed more than once takes its highest attempt id (the latest commit); tasks
+    /// the job does not have are ignored, and so is a map whose attempt id a lower map
+    /// already claimed. If everything is committed, `poll` returns
+    /// `JobDone` at once.
+    ///
+    /// Ids of attempts that ran but never committed are not in `committed`: a driver with a
+    /// journal should use [`Scheduler::resume_from_journal`], which also skips every
+    /// reserved id.
+    pub fn resume(
+        config: Config,
+        committed: impl IntoIterator<Item = (TaskId, AttemptId)>,
+    ) -> Scheduler {
+        Scheduler::resume_at(config, committed, AttemptId(0))
+    }
+
+    /// [`Scheduler::resume`] from the decoded journal `records` of job `job`: its
+    /// [`journal::commits`](crate::journal::commits), with new attempt ids starting at
+    /// [`journal::first_free_attempt`](crate::journal::first_free_attempt), above every id
+    /// the previous coordinator may have used.
+    pub fn resume_from_journal(
+        config: Config,
+        records: &[crate::journal::Record],
+        job: u64,
+    ) -> Scheduler {
+        let first = crate::journal::first_free_attempt(records, job);
+        Scheduler::resume_at(config, crate::journal::commits(records, job), first)
+    }
+
+    /// `resume`, with new attempt ids starting at `first` or above.
+    fn resume_at(
+        config: Config,
+        committed: impl IntoIterator<Item = (TaskId, AttemptId)>,
+        first: AttemptId,
+    ) -> Scheduler {
+        let mut s = Scheduler::blank(config);
+        let mut latest: BTreeMap<TaskId, AttemptId> = BTreeMap::new();
+        let mut max = None;
+        for (task, attempt) in committed {
+            max = max.max(Some(attempt.0));
+            let entry = latest.entry(task).or_insert(attempt);
+            *entry = (*entry).max(attempt);
+        }
+        for (task, attempt) in latest {
+            let index = task.index;
+            match task.phase {
+                Phase::Map => {
+                    // One attempt cannot have committed two maps: keep the first.
+                    if s.unattached.contains_key(&attempt) {
+                        continue;
+                    }
+                    let Some(m) = s.maps.get_mut(index as usize) else {
+                        continue;
+                    };
+                    m.state = MapState::Unattached { attempt };
+                    m.last_commit = Some(attempt);
+                    s.idle_maps.remove(&index);
+                    s.unattached.insert(attempt, index);
+                    s.maps_ever_committed += 1;
+                    s.stats.maps_committed += 1;
+                }
+                Phase::Reduce => {
+                    let Some(r) = s.reduces.get_mut(index as usize) else {
+                        continue;
+                    };
+                    r.state = ReduceState::Committed { attempt };
+                    s.idle_reduces.remove(&index);
+                    s.stats.reduces_committed += 1;
+                }
+            }
+        }
+        s.next_attempt = max.map_or(0, |m: u64| m.saturating_add(1)).max(first.0);
+        s.first_attempt = s.next_attempt;
+        s.reserved_below = s.next_attempt;
+        s.finish_if_done();
+        s
+    }
+
+    /// Every task idle, no workers, nothing queued.
+    fn blank(mut config: Config) -> Scheduler {
         config.max_attempts = config.max_attempts.max(1);
         config.fetch_failures_to_reexecute = config.fetch_failures_to_reexecute.max(1);
         let maps = (0..config.maps)
@@ -88,7 +206,7 @@ impl Scheduler {
                 failures: 0,
             })
             .collect();
-        let mut scheduler = Scheduler {
+        Scheduler {
             idle_maps: (0..config.maps).collect(),
             idle_reduces: (0..config.reduces).collect(),
             config,
@@ -99,11 +217,17 @@ impl Scheduler {
             next_attempt: 0,
             workers: BTreeMap::new(),
             commands: VecDeque::new(),
+            journal: VecDeque::new(),
             job: JobState::Running,
             stats: Stats::default(),
-        };
-        scheduler.finish_if_done();
-        scheduler
+            first_attempt: 0,
+            reserved_below: 0,
+            unattached: BTreeMap::new(),
+            grace_until: None,
+            committed_durations: [(Duration::ZERO, 0); 2],
+            outputs_since: None,
+            worker_rates: BTreeMap::new(),
+        }
     }
 
     /// Applies `event`, which happened at `now` (time since job start; it should not go
@@ -114,13 +238,14 @@ impl Scheduler {
             return;
         }
         self.expire_workers(now);
+        self.expire_unattached(now);
         match event {
             Event::WorkerJoined { worker, slots } => self.worker_joined(now, worker, slots),
             Event::WorkerLost { worker } => self.lose_worker(now, worker),
             Event::Heartbeat { worker, progress } => self.heartbeat(now, worker, progress),
             Event::AttemptSucceeded { attempt } => {
                 if self.report_from_running(now, attempt).is_some() {
-                    self.commit(attempt);
+                    self.commit(now, attempt);
                 }
             }
             Event::AttemptFailed { attempt, error } => {
@@ -133,6 +258,7 @@ impl Scheduler {
                     self.fetch_failed(map);
                 }
             }
+            Event::OutputFound { worker, attempt } => self.output_found(now, worker, attempt),
             Event::Tick => {}
         }
         if !self.is_finished() {
@@ -149,6 +275,15 @@ impl Scheduler {
     /// always the last command ever.
     pub fn poll(&mut self) -> Option<Command> {
         self.commands.pop_front()
+    }
+
+    /// The next transition to journal; `None` when there are none left. Drain it after every
+    /// `handle` (and after `new`/`resume`) **before** [`Scheduler::poll`], append the records
+    /// and fsync, then carry out the commands: each entry is queued before the commands that
+    /// follow from it (see [`crate::journal`]). A driver that keeps no journal may ignore it
+    /// (it grows by one entry per commit).
+    pub fn poll_journal(&mut self) -> Option<JournalEvent> {
+        self.journal.pop_front()
     }
 
     /// Whether `JobDone` or `JobFailed` was produced.
@@ -180,7 +315,9 @@ impl Scheduler {
                 MapState::Running { attempts } => TaskState::Running {
                     attempts: attempts.len(),
                 },
-                MapState::Committed { attempt, .. } => TaskState::Committed { attempt: *attempt },
+                MapState::Committed { attempt, .. } | MapState::Unattached { attempt } => {
+                    TaskState::Committed { attempt: *attempt }
+                }
             },
             Phase::Reduce => match &self.reduces.get(task.index as usize)?.state {
                 ReduceState::Idle => TaskState::Idle,
@@ -310,7 +447,9 @@ impl Scheduler {
                 MapState::Committed {
                     attempt, worker, ..
                 } => {
-                    if committed.get(&task) != Some(attempt) {
+                    // Journaled before a restart (re-attached), or committed in this run.
+                    let journaled = attempt.0 < self.first_attempt;
+                    if !journaled && committed.get(&task) != Some(attempt) {
                         return Err(format!("{task} committed by {attempt}, not in Committed"));
                     }
                     let alive = self.workers.get(worker).is_some_and(Worker::is_alive);
@@ -318,8 +457,25 @@ impl Scheduler {
                         return Err(format!("{task}'s needed output is on lost {worker}"));
                     }
                 }
+                MapState::Unattached { attempt } => {
+                    if attempt.0 >= self.first_attempt || committed.contains_key(&task) {
+                        return Err(format!("{task} unattached but committed in this run"));
+                    }
+                    if self.unattached.get(attempt) != Some(&index) {
+                        return Err(format!("unattached set disagrees about {task}"));
+                    }
+                }
             }
         }
+        let unattached = self
+            .maps
+            .iter()
+            .filter(|m| matches!(m.state, MapState::Unattached { .. }))
+            .count();
+        if unattached != self.unattached.len() {
+            return Err("unattached set lists maps that are not unattached".to_string());
+        }
+
         for (index, r) in (0u32..).zip(&self.reduces) {
             let task = TaskId::reduce(index);
             if (r.state == ReduceState::Idle) != self.idle_reduces.contains(&index) {
@@ -332,7 +488,12 @@ impl Scheduler {
         let maps_committed = self
             .maps
             .iter()
-            .filter(|m| matches!(m.state, MapState::Committed { .. }))
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    MapState::Committed { .. } | MapState::Unattached { .. }
+                )
+            })
             .count();
         let reduces_committed = self
             .reduces
@@ -402,6 +563,55 @@ impl Scheduler {
         }
     }
 
+    /// After `resume`: starts the grace period on the first call; once it has run out, and
+    /// while some reduce still needs map output, every map no worker reported goes back to
+    /// `Idle` to be re-executed.
+    fn expire_unattached(&mut self, now: Duration) {
+        if self.unattached.is_empty() {
+            return;
+        }
+        let grace = self.config.resume_grace;
+        let until = *self
+            .grace_until
+            .get_or_insert_with(|| now.checked_add(grace).unwrap_or(Duration::MAX));
+        if now <= until || !self.map_outputs_needed() {
+            return;
+        }
+        for (_, index) in mem::take(&mut self.unattached) {
+            let Some(m) = self.maps.get_mut(index as usize) else {
+                continue;
+            };
+            m.state = MapState::Idle;
+            self.idle_maps.insert(index);
+            self.stats.maps_committed = self.stats.maps_committed.saturating_sub(1);
+            self.stats.map_outputs_lost += 1;
+        }
+    }
+
+    /// A worker still holds the output of journaled map attempt `attempt`: `Unattached` →
+    /// `Committed` on that worker.
+    fn output_found(&mut self, now: Duration, worker: WorkerId, attempt: AttemptId) {
+        if !self.touch(now, worker) {
+            return;
+        }
+        let Some(index) = self.unattached.remove(&attempt) else {
+            return;
+        };
+        let Some(m) = self.maps.get_mut(index as usize) else {
+            return;
+        };
+        m.state = MapState::Committed {
+            attempt,
+            worker,
+            fetch_failures: 0,
+        };
+        self.stats.outputs_found += 1;
+        if self.config.reduces > 0 {
+            self.commands
+                .push_back(Command::MapOutputReady { map: index, worker });
+        }
+    }
+
     fn worker_joined(&mut self, now: Duration, worker: WorkerId, slots: u32) {
         // Ids are never reused: a duplicate join, or a lost worker coming back, is ignored.
         if self.workers.contains_key(&worker) {
@@ -444,7 +654,10 @@ impl Scheduler {
                 continue;
             }
             a.progress = p.clamp(0.0, 1.0);
-            a.progress_at = now;
+            a.progress_at = a.progress_at.max(now);
+            if a.progress == 0.0 {
+                a.progress_since = a.progress_at;
+            }
         }
     }
 
@@ -550,16 +763,36 @@ impl Scheduler {
     /// Running attempt `attempt` commits its task: attempt → `Committed`, task → `Committed`,
     /// the task's other running attempts → `Cancelled(Superseded)`.
     /// Journal: a committed transition.
-    fn commit(&mut self, attempt: AttemptId) {
+    fn commit(&mut self, now: Duration, attempt: AttemptId) {
         let Some(a) = self.attempts.get_mut(&attempt) else {
             return;
         };
         a.state = AttemptState::Committed;
         let (task, worker) = (a.task, a.worker);
+        // What a new attempt is expected to take (from its start), and how fast this one
+        // went once it made progress (for the slow-worker test).
+        let took = now.saturating_sub(a.started);
+        let worked = now.saturating_sub(a.progress_since);
+        if a.backup {
+            self.stats.backups_won += 1;
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(&attempt);
         }
         self.stats.attempts_committed += 1;
+        let (total, count) = &mut self.committed_durations[task.phase as usize];
+        *total = total.saturating_add(took);
+        *count += 1;
+        if !worked.is_zero() {
+            let (sum, n) = self.worker_rates.entry(worker).or_insert((0.0, 0));
+            *sum += 1.0 / worked.as_secs_f64();
+            *n += 1;
+        }
+        self.journal.push_back(JournalEvent::TaskCommitted {
+            task,
+            attempt,
+            worker,
+        });
         let index = task.index;
         let previous = match task.phase {
             Phase::Map => {
@@ -703,6 +936,7 @@ impl Scheduler {
         {
             return;
         }
+        self.journal.push_back(JournalEvent::JobDone);
         // Only map re-executions that nobody needs any more can still be running.
         self.cancel_all();
         self.job = JobState::Done;
@@ -715,6 +949,9 @@ impl Scheduler {
         if self.is_finished() {
             return;
         }
+        self.journal.push_back(JournalEvent::JobFailed {
+            reason: reason.clone(),
+        });
         self.cancel_all();
         self.job = JobState::Failed {
             reason: reason.clone(),
@@ -735,45 +972,75 @@ impl Scheduler {
 
     // --- placement ------------------------------------------------------------------------
 
-    /// Fills free slots with idle tasks: maps first, then — only while no map is idle —
-    /// reduces; lowest index first, each on the live worker with the most free slots.
+    /// Fills free slots: idle maps, then backups of straggling maps, then — only while no
+    /// map is idle — idle reduces, then backups of straggling reduces. Each idle task goes,
+    /// lowest index first, to the live worker with the most free slots.
     fn schedule(&mut self, now: Duration) {
-        loop {
-            // Invariant: a reduce is taken only when `idle_maps` is empty, so reducers are
-            // never placed while a map waits.
-            let task = if let Some(&m) = self.idle_maps.first() {
-                TaskId::map(m)
-            } else if let Some(&r) = self.idle_reduces.first() {
-                TaskId::reduce(r)
-            } else {
-                break;
-            };
-            if let Some(worker) = self.pick_worker() {
-                self.launch(now, task, worker);
+        // With speculation on, idle tasks avoid slow workers while others have free slots.
+        let mut slow = None;
+        while let Some(&m) = self.idle_maps.first() {
+            if let Some(worker) = self.place(now, &mut slow) {
+                self.launch(now, TaskId::map(m), worker, None);
                 continue;
             }
             // No free slot. Reducers may hold them all while waiting for a map whose output
             // was lost; free one for the map. Terminates: each preemption frees a slot that
             // the next iteration gives to an idle map, and preempted reduces stay idle while
             // any map is idle.
-            if task.phase == Phase::Map {
-                if let Some(victim) = self.preemption_victim() {
-                    self.cancel_attempt(victim, CancelReason::Preempted);
-                    continue;
-                }
+            if let Some(victim) = self.preemption_victim() {
+                self.cancel_attempt(victim, CancelReason::Preempted);
+                continue;
             }
             break;
         }
-        // Extension point: speculative backups (LATE) go here, once idle tasks had their
-        // chance at the free slots, launched through `launch` on running tasks.
+        // Invariant: reduces (and backups) are placed only when no map is idle, so they never
+        // take a slot a map waits for. A map left idle here means every slot is taken.
+        if !self.idle_maps.is_empty() {
+            return;
+        }
+        // Map backups go before idle reduces: no reduce can finish before every map has
+        // committed, so a straggling map is on every reduce's critical path.
+        self.speculate(now, Phase::Map);
+        while let Some(&r) = self.idle_reduces.first() {
+            let Some(worker) = self.place(now, &mut slow) else {
+                break;
+            };
+            self.launch(now, TaskId::reduce(r), worker, None);
+        }
+        // A reduce cannot finish while a map output is missing: no reduce is a straggler
+        // until every map output is available.
+        let available = self.stats.maps_committed == self.config.maps && self.unattached.is_empty();
+        self.outputs_since = available.then(|| self.outputs_since.unwrap_or(now));
+        if self.idle_reduces.is_empty() && available {
+            self.speculate(now, Phase::Reduce);
+        }
+    }
+
+    /// Where an idle task goes: `pick_worker`, but with speculation on, a slow worker only
+    /// if no other worker has a free slot. `slow` caches the slow workers for one pass.
+    fn place(&self, now: Duration, slow: &mut Option<BTreeSet<WorkerId>>) -> Option<WorkerId> {
+        let any = self.pick_worker()?;
+        if !self.config.speculation {
+            return Some(any);
+        }
+        let slow = slow.get_or_insert_with(|| self.slow_workers(now));
+        if !slow.contains(&any) {
+            return Some(any);
+        }
+        self.pick_worker_where(|w| !slow.contains(&w)).or(Some(any))
     }
 
     /// The live worker with the most free slots, ties to the lowest id.
     fn pick_worker(&self) -> Option<WorkerId> {
+        self.pick_worker_where(|_| true)
+    }
+
+    /// Like `pick_worker`, among the workers `allowed` accepts.
+    fn pick_worker_where(&self, allowed: impl Fn(WorkerId) -> bool) -> Option<WorkerId> {
         let mut best: Option<(u32, WorkerId)> = None;
         for (id, w) in &self.workers {
             let free = w.free_slots();
-            if free == 0 {
+            if free == 0 || !allowed(*id) {
                 continue;
             }
             match best {
@@ -795,9 +1062,145 @@ impl Scheduler {
             .max()
     }
 
-    /// Starts a new attempt of `task` (idle, or running when backing it up) on `worker`, which
-    /// must be alive with a free slot. A reduce attempt is told every committed map's output.
-    fn launch(&mut self, now: Duration, task: TaskId, worker: WorkerId) {
+    // --- speculation ----------------------------------------------------------------------
+
+    /// Launches backups of `phase`'s stragglers (LATE, plus end-of-phase backups) into free
+    /// slots; called only when no task of `phase` is idle. See "Speculation" in the crate
+    /// docs for the rules.
+    fn speculate(&mut self, now: Duration, phase: Phase) {
+        if !self.config.speculation || self.pick_worker().is_none() {
+            return;
+        }
+        // What a new attempt is expected to take: the mean duration of the attempts of this
+        // phase that committed. Without one there is nothing to compare a straggler with.
+        let (total, count) = self.committed_durations[phase as usize];
+        if count == 0 {
+            return;
+        }
+        let expected = total.as_secs_f64() / f64::from(count);
+        let total_slots: u64 = self
+            .workers
+            .values()
+            .filter(|w| w.is_alive())
+            .map(|w| u64::from(w.slots))
+            .sum();
+        let cap = ((self.config.speculative_cap * total_slots as f64).floor() as u64).max(1);
+        // Every running attempt, by task: a task's attempts beyond its first are backups.
+        let mut running: BTreeMap<TaskId, Vec<AttemptId>> = BTreeMap::new();
+        for w in self.workers.values() {
+            for id in &w.running {
+                if let Some(a) = self.attempts.get(id) {
+                    running.entry(a.task).or_default().push(*id);
+                }
+            }
+        }
+        let mut backups: u64 = running.values().map(|a| a.len() as u64 - 1).sum();
+        if backups >= cap {
+            return;
+        }
+        let mut rates: Vec<f64> = running
+            .iter()
+            .filter(|(task, _)| task.phase == phase)
+            .flat_map(|(_, ids)| ids.iter())
+            .filter_map(|id| Some(estimate(self.attempts.get(id)?, now)?.0))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let Some(slow_rate) = percentile(&rates, self.config.slow_task_percentile) else {
+            return;
+        };
+        let margin = self.config.speculation_margin;
+        let mut candidates: Vec<Straggler> = Vec::new();
+        for (task, ids) in &running {
+            let (true, &[id]) = (task.phase == phase, ids.as_slice()) else {
+                continue; // other phase, or already backed up
+            };
+            let Some(a) = self.attempts.get(&id) else {
+                continue;
+            };
+            // A reduce's age counts from when it could first progress.
+            let origin = match phase {
+                Phase::Map => a.started,
+                Phase::Reduce => a.started.max(self.outputs_since.unwrap_or(a.started)),
+            };
+            let age = now.saturating_sub(origin);
+            if age < self.config.min_runtime {
+                continue;
+            }
+            let Some((rate, left)) = estimate(a, now) else {
+                continue;
+            };
+            let slow = rate < slow_rate;
+            if (slow && left > expected) || left > margin * expected {
+                candidates.push(Straggler {
+                    task: *task,
+                    attempt: id,
+                    worker: a.worker,
+                    rate,
+                    left,
+                    slow,
+                    age,
+                });
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        // Longest time left first; ties to the lowest task.
+        candidates.sort_by(|a, b| b.left.total_cmp(&a.left).then(a.task.cmp(&b.task)));
+        let slow_workers = self.slow_workers(now);
+        for c in candidates {
+            if backups >= cap {
+                break;
+            }
+            let Some(worker) =
+                self.pick_worker_where(|w| w != c.worker && !slow_workers.contains(&w))
+            else {
+                continue;
+            };
+            let reason = c.reason(phase, slow_rate, expected, self.config.slow_task_percentile);
+            self.launch(now, c.task, worker, Some(reason));
+            backups += 1;
+        }
+    }
+
+    /// The live workers whose mean progress rate — over their committed attempts (1 /
+    /// duration) and their running attempts that made progress — is below the
+    /// `slow_worker_percentile` of those means. Workers without data are not slow.
+    fn slow_workers(&self, now: Duration) -> BTreeSet<WorkerId> {
+        let rate_of = |a: &Attempt| estimate(a, now).map(|(rate, _)| rate).filter(|r| *r > 0.0);
+        let means: Vec<(WorkerId, f64)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.is_alive())
+            .filter_map(|(id, w)| {
+                let (mut sum, mut n) = self.worker_rates.get(id).copied().unwrap_or((0.0, 0));
+                for rate in w
+                    .running
+                    .iter()
+                    .filter_map(|a| rate_of(self.attempts.get(a)?))
+                {
+                    sum += rate;
+                    n += 1;
+                }
+                (n > 0).then(|| (*id, sum / f64::from(n)))
+            })
+            .collect();
+        let mut sorted: Vec<f64> = means.iter().map(|(_, m)| *m).collect();
+        sorted.sort_by(f64::total_cmp);
+        let Some(threshold) = percentile(&sorted, self.config.slow_worker_percentile) else {
+            return BTreeSet::new();
+        };
+        means
+            .into_iter()
+            .filter(|(_, m)| *m < threshold)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Starts a new attempt of `task` (idle, or running when backing it up, with the reason
+    /// in `backup`) on `worker`, which must be alive with a free slot. A reduce attempt is
+    /// told every committed map's output.
+    fn launch(&mut self, now: Duration, task: TaskId, worker: WorkerId, backup: Option<String>) {
         let attempt = AttemptId(self.next_attempt);
         let index = task.index;
         match task.phase {
@@ -821,6 +1224,12 @@ impl Scheduler {
             }
         }
         self.next_attempt += 1;
+        if attempt.0 >= self.reserved_below {
+            self.reserved_below = attempt.0.saturating_add(crate::journal::ATTEMPT_BLOCK);
+            let below = AttemptId(self.reserved_below);
+            self.journal
+                .push_back(JournalEvent::AttemptsReserved { below });
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(attempt);
         }
@@ -833,13 +1242,19 @@ impl Scheduler {
                 started: now,
                 progress: 0.0,
                 progress_at: now,
+                progress_since: now,
+                backup: backup.is_some(),
             },
         );
         self.stats.attempts_started += 1;
+        if backup.is_some() {
+            self.stats.backups_launched += 1;
+        }
         self.commands.push_back(Command::Assign {
             attempt,
             task,
             worker,
+            backup,
         });
         if task.phase == Phase::Reduce {
             for (map, m) in (0u32..).zip(&self.maps) {
@@ -850,6 +1265,82 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// A running task that qualifies for a backup.
+#[derive(Debug)]
+struct Straggler {
+    task: TaskId,
+    attempt: AttemptId,
+    worker: WorkerId,
+    /// Progress per second since it started.
+    rate: f64,
+    /// Estimated seconds left: `(1 - progress) / rate`.
+    left: f64,
+    /// Whether `rate` is below the slow-task percentile.
+    slow: bool,
+    age: Duration,
+}
+
+impl Straggler {
+    /// Why it gets a backup, for `Command::Assign::backup`.
+    fn reason(&self, phase: Phase, slow_rate: f64, expected: f64, percentile: f64) -> String {
+        let who = format!(
+            "backup of {} ({} on {})",
+            self.task, self.attempt, self.worker
+        );
+        let left = if self.left.is_finite() {
+            format!("{:.1} s left", self.left)
+        } else {
+            format!("no progress in {:.1} s", self.age.as_secs_f64())
+        };
+        if self.slow {
+            let p = (percentile * 100.0).round();
+            format!(
+                "{who}: rate {:.3}/s below p{p} {slow_rate:.3}/s, {left}",
+                self.rate
+            )
+        } else {
+            let phase = match phase {
+                Phase::Map => "map",
+                Phase::Reduce => "reduce",
+            };
+            format!("{who}: end of {phase} phase, {left}, a new attempt takes ~{expected:.1} s")
+        }
+    }
+}
+
+/// An attempt's progress rate (per second) and estimated seconds left, LATE-style:
+/// `rate = progress / elapsed`, `left = (1 - progress) / rate`, where `elapsed` runs from
+/// when it began to make progress (`progress_since`) to its last report, and the time since
+/// that report is deducted from `left`. `None` until a heartbeat reported its progress; a
+/// rate of 0 (no progress) leaves infinite time.
+fn estimate(a: &Attempt, now: Duration) -> Option<(f64, f64)> {
+    if a.progress_at <= a.started {
+        return None;
+    }
+    if a.progress == 0.0 {
+        return Some((0.0, f64::INFINITY));
+    }
+    let elapsed = a.progress_at.saturating_sub(a.progress_since);
+    if elapsed.is_zero() {
+        return None;
+    }
+    let rate = a.progress / elapsed.as_secs_f64();
+    let since_report = now.saturating_sub(a.progress_at).as_secs_f64();
+    let left = ((1.0 - a.progress) / rate - since_report).max(0.0);
+    Some((rate, left))
+}
+
+/// The `p`-th percentile (`0.0..=1.0`, clamped) of ascending `sorted`, interpolating
+/// linearly between neighbours; `None` if empty. A NaN `p` yields NaN (nothing is below it).
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let pos = p.clamp(0.0, 1.0) * last as f64;
+    // Casts saturate (NaN → 0), and `pos` is at most `last`.
+    let lo = (pos.floor() as usize).min(last);
+    let hi = (pos.ceil() as usize).min(last);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
 }
 
 /// `Idle` → `Running {attempt}`, or adds a backup to `Running`; false if committed.
@@ -863,7 +1354,7 @@ fn add_attempt_map(state: &mut MapState, attempt: AttemptId) -> bool {
         MapState::Running { attempts } => {
             attempts.insert(attempt);
         }
-        MapState::Committed { .. } => return false,
+        MapState::Committed { .. } | MapState::Unattached { .. } => return false,
     }
     true
 }
@@ -886,8 +1377,8 @@ fn add_attempt_reduce(state: &mut ReduceState, attempt: AttemptId) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! Several running attempts per task, which only speculation (not yet written) creates:
-    //! these tests launch a backup through the private `launch` directly.
+    //! Several running attempts per task, launched through the private `launch` directly
+    //! (`tests/speculation.rs` drives the speculation policy that does it for real).
 
     use super::*;
 
@@ -901,7 +1392,12 @@ mod tests {
             s.handle(Duration::ZERO, Event::WorkerJoined { worker, slots: 1 });
         }
         // Map 0 runs as attempt 0 on worker 0; back it up on worker 1.
-        s.launch(Duration::ZERO, TaskId::map(0), WorkerId(1));
+        s.launch(
+            Duration::ZERO,
+            TaskId::map(0),
+            WorkerId(1),
+            Some("test".to_string()),
+        );
         drain(&mut s);
         s.check_invariants().unwrap();
         s
@@ -966,7 +1462,8 @@ mod tests {
             vec![Command::Assign {
                 attempt: AttemptId(2),
                 task: TaskId::map(0),
-                worker: WorkerId(1)
+                worker: WorkerId(1),
+                backup: None
             }]
         );
         s.check_invariants().unwrap();

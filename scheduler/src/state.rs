@@ -27,6 +27,15 @@ pub enum MapState {
         /// Fetch-failure reports against this output so far; reset by each new commit.
         fetch_failures: u32,
     },
+    /// `attempt` committed before a coordinator restart ([`crate::Scheduler::resume`]) and
+    /// where its output lives is not known yet: an [`crate::Event::OutputFound`] re-attaches
+    /// it (→ `Committed`); if some reduce still needs it when `resume_grace` runs out, the map
+    /// is re-executed (→ `Idle`). Final when no reduce needs map output any more (map-only
+    /// jobs, or every reduce committed).
+    Unattached {
+        /// The journaled attempt whose output counts.
+        attempt: AttemptId,
+    },
 }
 
 /// A reduce task's state (diagram in the crate docs).
@@ -46,7 +55,8 @@ pub enum ReduceState {
     },
 }
 
-/// A phase-neutral summary of a task's state, from [`crate::Scheduler::task_state`].
+/// A phase-neutral summary of a task's state, from [`crate::Scheduler::task_state`]
+/// (`MapState::Unattached` counts as committed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
     /// Waiting for a slot.
@@ -113,6 +123,12 @@ pub struct Attempt {
     pub progress: f64,
     /// When that progress was reported (`started` until the first report).
     pub progress_at: Duration,
+    /// When it began to make progress: the last heartbeat that reported zero progress
+    /// (`started` until one did). Progress rates are measured from here, so a reduce that
+    /// waited for map outputs is not mistaken for a slow one.
+    pub progress_since: Duration,
+    /// Whether it was launched as a speculative backup of a running attempt.
+    pub backup: bool,
 }
 
 /// A worker's state: `Alive` → `Lost`, never back.
@@ -201,14 +217,21 @@ pub struct Stats {
     pub attempts_cancelled: u64,
     /// Reduce attempts preempted for an idle map (included in `attempts_cancelled`).
     pub preemptions: u64,
-    /// Committed map outputs lost (worker lost or fetch failures), each re-running the map.
+    /// Committed map outputs lost (worker lost, fetch failures, or not re-attached within
+    /// `resume_grace` after a restart), each re-running the map.
     pub map_outputs_lost: u64,
     /// Workers that joined.
     pub workers_joined: u64,
     /// Workers lost.
     pub workers_lost: u64,
-    /// Map tasks currently committed.
+    /// Map tasks currently committed (including unattached ones).
     pub maps_committed: u32,
     /// Reduce tasks committed.
     pub reduces_committed: u32,
+    /// Speculative backup attempts launched.
+    pub backups_launched: u64,
+    /// Backup attempts whose success committed their task (their original was cancelled).
+    pub backups_won: u64,
+    /// Committed map outputs re-attached after a restart by [`crate::Event::OutputFound`].
+    pub outputs_found: u64,
 }

@@ -99,6 +99,7 @@ fn assign(attempt: u64, task: TaskId, worker: WorkerId) -> Command {
         attempt: AttemptId(attempt),
         task,
         worker,
+        backup: None,
     }
 }
 

@@ -7,7 +7,8 @@
 //! to exhaust `max_attempts`), worker crashes (connection closed, or silent), hangs (the
 //! worker stops heartbeating, then comes back — possibly after it was declared lost), fetch
 //! flakes, late reports from cancelled attempts, events about unknown attempts and workers,
-//! duplicate joins, and new workers joining.
+//! duplicate joins, and new workers joining. Speculation is on (the default): hangs and long
+//! attempts draw backups, which must keep every promise too.
 //!
 //! After every event the simulation checks, from outside, the properties the scheduler
 //! promises, plus its own `check_invariants`. A failure prints the seed; set
@@ -17,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use quern_scheduler::{
-    AttemptId, AttemptState, Command, Config, Event, MapState, Phase, Scheduler, TaskId, WorkerId,
+    AttemptId, AttemptState, Command, Config, Event, JournalEvent, MapState, Phase, Scheduler,
+    TaskId, WorkerId,
 };
 
 const STEP: Duration = Duration::from_millis(100);
@@ -109,6 +111,8 @@ struct Tally {
     fetch_reexecutions: u64,
     late_reports: u64,
     ignored_successes: u64,
+    backups: u64,
+    backups_won: u64,
 }
 
 #[derive(Debug)]
@@ -140,6 +144,8 @@ struct Sim {
     injected_failures: BTreeMap<TaskId, u32>,
     /// Reports to deliver later: (when, event).
     late: Vec<(Duration, Event)>,
+    /// Attempt ids below this were reserved in the journal.
+    reserved_below: u64,
     terminal: Option<Command>,
     p_fail: f64,
     p_flake: f64,
@@ -183,6 +189,7 @@ impl Sim {
             fetch_reports: BTreeMap::new(),
             injected_failures: BTreeMap::new(),
             late: Vec::new(),
+            reserved_below: 0,
             terminal: None,
             p_fail,
             p_flake: if rng.chance(0.5) { 0.0 } else { 0.01 },
@@ -237,6 +244,7 @@ impl Sim {
         t.map_outputs_lost = stats.map_outputs_lost;
         t.cancelled = stats.attempts_cancelled;
         t.workers_lost = stats.workers_lost;
+        t.backups_won = stats.backups_won;
         t.timeouts = self
             .sched
             .workers()
@@ -492,6 +500,7 @@ impl Sim {
             Event::AttemptSucceeded { attempt }
             | Event::AttemptFailed { attempt, .. }
             | Event::FetchFailed { attempt, .. } => self.assigned.get(attempt).map(|(_, w)| *w),
+            Event::OutputFound { worker, .. } => Some(*worker),
             Event::WorkerLost { .. } | Event::Tick => None,
         };
         match &event {
@@ -568,6 +577,48 @@ impl Sim {
                 }
             }
         }
+        // The journal is drained before the commands: the commit (if any) and the job's end.
+        let mut journaled = Vec::new();
+        let mut journaled_end = false;
+        while let Some(entry) = self.sched.poll_journal() {
+            match entry {
+                JournalEvent::TaskCommitted {
+                    task,
+                    attempt,
+                    worker,
+                } => {
+                    if self.assigned.get(&attempt) != Some(&(task, worker)) {
+                        return Err(format!("journaled {attempt} of {task} on {worker}?"));
+                    }
+                    journaled.push(attempt);
+                }
+                JournalEvent::AttemptsReserved { below } => {
+                    if below.0 <= self.reserved_below {
+                        return Err(format!("reservation {below:?} goes backwards"));
+                    }
+                    self.reserved_below = below.0;
+                }
+                JournalEvent::JobDone | JournalEvent::JobFailed { .. } => {
+                    if journaled_end || was_finished {
+                        return Err("job end journaled twice".to_string());
+                    }
+                    journaled_end = true;
+                }
+            }
+        }
+        let committed_now = success.filter(|a| {
+            self.sched
+                .attempt(*a)
+                .is_some_and(|a| a.state == AttemptState::Committed)
+        });
+        if journaled != committed_now.into_iter().collect::<Vec<_>>() {
+            return Err(format!(
+                "journaled {journaled:?}, committed {committed_now:?}"
+            ));
+        }
+        if journaled_end != (self.sched.is_finished() && !was_finished) {
+            return Err("the job's end was not journaled exactly when it ended".to_string());
+        }
         // Before the commands: `JobDone` is checked against the commits seen so far. (Within
         // one `handle`, a commit never follows a loss of the same map's output.)
         if let Some(attempt) = success {
@@ -603,7 +654,14 @@ impl Sim {
                 attempt,
                 task,
                 worker,
-            } => self.assign(attempt, task, worker, reduce_assigned)?,
+                backup,
+            } => {
+                self.tally.backups += u64::from(backup.is_some());
+                if attempt.0 >= self.reserved_below {
+                    return Err(format!("{attempt} assigned before it was reserved"));
+                }
+                self.assign(attempt, task, worker, reduce_assigned)?
+            }
             Command::Cancel { attempt, worker } => self.cancel(attempt, worker)?,
             Command::MapOutputReady { map, worker } => {
                 let committed_here = matches!(
@@ -887,6 +945,8 @@ fn simulated_clusters_keep_every_promise() {
         total.fetch_reexecutions += t.fetch_reexecutions;
         total.late_reports += t.late_reports;
         total.ignored_successes += t.ignored_successes;
+        total.backups += t.backups;
+        total.backups_won += t.backups_won;
     }
     eprintln!(
         "{} seeds in {:.2?}: {total:#?}",
@@ -903,6 +963,8 @@ fn simulated_clusters_keep_every_promise() {
         assert!(total.timeouts > 0, "{total:?}");
         assert!(total.late_reports > 0, "{total:?}");
         assert!(total.ignored_successes > 0, "{total:?}");
+        // Speculation is on by default: stragglers (hung workers, long attempts) get backups.
+        assert!(total.backups > 0 && total.backups_won > 0, "{total:?}");
     }
 }
 
@@ -925,8 +987,29 @@ fn arbitrary_event_sequences_never_panic() {
             max_attempts: rng.range(0, 4) as u32,
             fetch_failures_to_reexecute: rng.range(0, 3) as u32,
             heartbeat_timeout: rng.millis(0, 3000),
+            min_runtime: rng.millis(0, 1000),
+            resume_grace: rng.millis(0, 3000),
+            speculative_cap: [0.0, 0.1, 1.0, f64::NAN][rng.range(0, 3) as usize],
+            slow_task_percentile: [0.25, -1.0, 2.0, f64::NAN][rng.range(0, 3) as usize],
+            ..Config::default()
         };
-        let mut sched = Scheduler::new(config);
+        // Sometimes a restarted job, with journaled commits (valid or not).
+        let mut sched = if rng.chance(0.3) {
+            let committed: Vec<(TaskId, AttemptId)> = (0..rng.range(0, 6))
+                .map(|_| {
+                    let index = rng.range(0, 6) as u32;
+                    let task = if rng.chance(0.6) {
+                        TaskId::map(index)
+                    } else {
+                        TaskId::reduce(index)
+                    };
+                    (task, AttemptId(rng.range(0, 40)))
+                })
+                .collect();
+            Scheduler::resume(config, committed)
+        } else {
+            Scheduler::new(config)
+        };
         let mut now = Duration::ZERO;
         for _ in 0..300 {
             // Mostly forwards, sometimes backwards.
@@ -937,7 +1020,7 @@ fn arbitrary_event_sequences_never_panic() {
             };
             let worker = WorkerId(rng.range(0, 7) as u32);
             let attempt = AttemptId(rng.range(0, 40));
-            let event = match rng.range(0, 7) {
+            let event = match rng.range(0, 8) {
                 0 => Event::WorkerJoined {
                     worker,
                     slots: rng.range(0, 3) as u32,
@@ -956,6 +1039,7 @@ fn arbitrary_event_sequences_never_panic() {
                     attempt,
                     map: rng.range(0, 7) as u32,
                 },
+                7 => Event::OutputFound { worker, attempt },
                 _ => Event::Tick,
             };
             sched.handle(now, event);

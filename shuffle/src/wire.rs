@@ -82,6 +82,10 @@ pub struct JobSpec {
     pub output: String,
     /// Sort-buffer budget of one task, bytes.
     pub task_memory: u64,
+    /// Launch backup attempts for stragglers.
+    pub speculation: bool,
+    /// Skip records that make a map fail twice at the same offset (paper §4.6).
+    pub skip_bad_records: bool,
 }
 
 /// A byte range of a run file holding one partition.
@@ -145,6 +149,9 @@ pub enum ToCoordinator {
         attempt: u64,
         /// What went wrong.
         error: String,
+        /// Byte offset (in its input file) of the record the map was processing when it
+        /// crashed, if it crashed inside user code.
+        bad_record: Option<u64>,
     },
     /// A reduce attempt could not fetch (or validate) a map's output.
     FetchFailed {
@@ -158,7 +165,7 @@ pub enum ToCoordinator {
 }
 
 /// What a task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum TaskMsg {
     /// Map task `index` over split `split`.
     Map {
@@ -166,6 +173,8 @@ pub enum TaskMsg {
         index: u32,
         /// Its split.
         split: SplitMsg,
+        /// Offsets of records to skip (they crashed earlier attempts).
+        skip: Vec<u64>,
     },
     /// Reduce task for one partition.
     Reduce {
@@ -260,6 +269,8 @@ pub enum ToClient {
         map_tasks: u32,
         /// Reduce tasks.
         reduce_tasks: u32,
+        /// Records skipped as bad: `(input name, byte offset)`.
+        skipped: Vec<(String, u64)>,
     },
     /// The job failed; no output was committed.
     Failed {
@@ -339,6 +350,7 @@ mod tests {
                         start: 100,
                         len: 64 << 20,
                     },
+                    skip: vec![5, 900],
                 },
             },
             ToWorker::MapOutputReady {
@@ -370,6 +382,8 @@ mod tests {
                     reducers: 2,
                     output: "/out".into(),
                     task_memory: 1 << 30,
+                    speculation: true,
+                    skip_bad_records: false,
                 },
             },
             ToWorker::Shutdown,

@@ -10,12 +10,16 @@
 //! - [`parts`], [`concat_parts`], [`entries`], [`assert_committed`]: read an output directory.
 //! - [`data_dir`], [`books`]: the Gutenberg corpus (`QUERN_DATA`, default
 //!   `<workspace>/../shared/data/gutenberg`).
+//! - [`cluster`]: processes killed and reaped on drop, bounded waits, hand-started
+//!   coordinators and workers, `/proc` checks (the distributed-runtime tests).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+pub mod cluster;
 
 /// Path of the `quern` binary, building it first (once per test executable).
 ///

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use quern_shuffle::net;
+use quern_shuffle::net::{self, NetError};
 use quern_shuffle::wire::{decode_msg, encode_msg, Hello, JobSpec, ToClient};
 use quern_shuffle::Secret;
 
@@ -43,7 +43,11 @@ async fn submit_async(
     let endpoint = net::endpoint(bind, secret).map_err(net_err)?;
     let conn = net::connect(&endpoint, coordinator)
         .await
-        .map_err(net_err)?;
+        .map_err(|e| match e {
+            // The wrong secret is the user's mistake: exit code 2.
+            NetError::Auth(_) => Error::Usage(e.to_string()),
+            e => net_err(e),
+        })?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
     let hello = encode_msg(&Hello::Client(spec)).map_err(net_err)?;
     net::write_frame(&mut send, &hello).await.map_err(net_err)?;
@@ -63,6 +67,7 @@ async fn submit_async(
                 parts,
                 map_tasks,
                 reduce_tasks,
+                skipped,
             } => {
                 break Ok(JobReport {
                     counters: counters_from_msg(&counters),
@@ -70,6 +75,7 @@ async fn submit_async(
                     reduce_tasks: reduce_tasks as usize,
                     parts: parts.into_iter().map(PathBuf::from).collect(),
                     elapsed: started.elapsed(),
+                    skipped,
                 })
             }
             ToClient::Failed { reason, user_error } => {

@@ -94,7 +94,14 @@ struct RunningJob {
     finished: HashMap<AttemptId, Finished>,
     /// Map locations announced to workers: map → attempt.
     announced: HashMap<u32, MapLocation>,
+    /// Per map: failures blamed on each record offset.
+    bad_records: HashMap<u32, HashMap<u64, u32>>,
+    /// Record offsets each map attempt was told to skip.
+    skipped: HashMap<AttemptId, Vec<u64>>,
 }
+
+/// A record that crashed this many attempts of its map is skipped (with --skip-bad-records).
+const SKIP_AFTER_FAILURES: u32 = 2;
 
 struct Coordinator {
     config: CoordinatorConfig,
@@ -282,7 +289,7 @@ impl Coordinator {
                 self.workers.remove(&worker);
                 self.with_job(|_, now| Some((now, Event::WorkerLost { worker })));
             }
-            Input::FromWorker { worker, msg } => self.from_worker(worker, msg),
+            Input::FromWorker { worker, msg } => self.worker_message(worker, msg),
             Input::Submit { client, spec, tx } => {
                 let _ = tx.send(ToClient::Accepted { job: self.next_job });
                 self.queue.push_back((client, spec, tx));
@@ -299,7 +306,23 @@ impl Coordinator {
         }
     }
 
-    fn from_worker(&mut self, worker: WorkerId, msg: ToCoordinator) {
+    fn worker_message(&mut self, worker: WorkerId, msg: ToCoordinator) {
+        let attempt = match &msg {
+            ToCoordinator::Heartbeat { .. } => None,
+            ToCoordinator::Finished { attempt, .. }
+            | ToCoordinator::Failed { attempt, .. }
+            | ToCoordinator::FetchFailed { attempt, .. } => Some(AttemptId(*attempt)),
+        };
+        if let (Some(attempt), Some(job)) = (attempt, &self.job) {
+            if job
+                .sched
+                .attempt(attempt)
+                .is_some_and(|a| a.worker != worker)
+            {
+                tracing::warn!("{worker} reported on {attempt}, which is not its own: ignored");
+                return;
+            }
+        }
         match msg {
             ToCoordinator::Heartbeat { progress } => self.with_job(|_, now| {
                 let progress = progress
@@ -329,8 +352,31 @@ impl Coordinator {
                     },
                 ))
             }),
-            ToCoordinator::Failed { attempt, error } => self.with_job(|_, now| {
+            ToCoordinator::Failed {
+                attempt,
+                error,
+                bad_record,
+            } => self.with_job(|job, now| {
                 tracing::info!("attempt {attempt} on {worker} failed: {error}");
+                let task = job.sched.attempt(AttemptId(attempt)).map(|a| a.task);
+                if let (Some(offset), Some(task)) = (bad_record, task) {
+                    if task.phase == Phase::Map {
+                        let n = job.bad_records.entry(task.index).or_default().entry(offset).or_default();
+                        *n += 1;
+                        if job.spec.skip_bad_records && *n == SKIP_AFTER_FAILURES {
+                            tracing::warn!("{task}: skipping the record at byte {offset}: it crashed {n} attempts");
+                        }
+                    }
+                }
+                let error = match (bad_record, task) {
+                    (Some(offset), Some(task)) => {
+                        let split = &job.spec.splits[task.index as usize];
+                        let file = job.spec.inputs.get(split.file as usize).map_or("?", |f| f.name.as_str());
+                        let hint = if job.spec.skip_bad_records { "" } else { "; --skip-bad-records skips it" };
+                        format!("{error} (on the record at byte {offset} of {file}{hint})")
+                    }
+                    _ => error,
+                };
                 Some((
                     now,
                     Event::AttemptFailed {
@@ -384,12 +430,33 @@ impl Coordinator {
                     attempt,
                     task,
                     worker,
+                    backup,
                 } => {
+                    if let Some(reason) = &backup {
+                        tracing::info!("speculating: {attempt} on {worker}: {reason}");
+                    }
                     let msg = match task.phase {
-                        Phase::Map => TaskMsg::Map {
-                            index: task.index,
-                            split: job.spec.splits[task.index as usize],
-                        },
+                        Phase::Map => {
+                            let skip: Vec<u64> = if job.spec.skip_bad_records {
+                                job.bad_records
+                                    .get(&task.index)
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|(_, n)| **n >= SKIP_AFTER_FAILURES)
+                                    .map(|(offset, _)| *offset)
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
+                            if !skip.is_empty() {
+                                job.skipped.insert(attempt, skip.clone());
+                            }
+                            TaskMsg::Map {
+                                index: task.index,
+                                split: job.spec.splits[task.index as usize],
+                                skip,
+                            }
+                        }
                         Phase::Reduce => TaskMsg::Reduce {
                             partition: task.index,
                         },
@@ -517,6 +584,7 @@ impl Coordinator {
             );
             let mut config = Config::new(spec.splits.len() as u32, spec.reducers);
             config.heartbeat_timeout = self.config.heartbeat_timeout;
+            config.speculation = spec.speculation;
             let spec = Arc::new(spec);
             self.job = Some(RunningJob {
                 id,
@@ -528,6 +596,8 @@ impl Coordinator {
                 tx,
                 finished: HashMap::new(),
                 announced: HashMap::new(),
+                bad_records: HashMap::new(),
+                skipped: HashMap::new(),
             });
             let workers: Vec<(WorkerId, u32)> =
                 self.workers.iter().map(|(w, c)| (*w, c.slots)).collect();
@@ -560,16 +630,25 @@ impl Coordinator {
                 match job.output.commit_job(parts) {
                     Ok(paths) => {
                         let mut counters = Counters::default();
+                        let mut skipped = Vec::new();
                         let tasks = (0..job.spec.splits.len() as u32)
                             .map(TaskId::map)
                             .chain((0..job.spec.reducers).map(TaskId::reduce));
                         for task in tasks {
-                            if let Some(fin) = job
-                                .sched
-                                .committed_attempt(task)
-                                .and_then(|a| job.finished.get(&a))
-                            {
+                            let Some(attempt) = job.sched.committed_attempt(task) else {
+                                continue;
+                            };
+                            if let Some(fin) = job.finished.get(&attempt) {
                                 counters.merge(&counters_from_msg(&fin.counters));
+                            }
+                            for &offset in job.skipped.get(&attempt).into_iter().flatten() {
+                                let split = &job.spec.splits[task.index as usize];
+                                let name = job
+                                    .spec
+                                    .inputs
+                                    .get(split.file as usize)
+                                    .map_or("?", |f| f.name.as_str());
+                                skipped.push((name.to_string(), offset));
                             }
                         }
                         tracing::info!("job {} done in {:?}", job.id, job.started.elapsed());
@@ -578,6 +657,7 @@ impl Coordinator {
                             parts: paths.iter().map(|p| p.display().to_string()).collect(),
                             map_tasks: job.spec.splits.len() as u32,
                             reduce_tasks: job.spec.reducers,
+                            skipped,
                         }
                     }
                     Err(e) => {

@@ -4,25 +4,104 @@
 //! No orphans: children are started with `--exit-with-parent` and a pipe on stdin; they
 //! exit when it closes, which happens when this process exits for any reason (including
 //! SIGKILL). `Drop` also kills and reaps them explicitly.
+//!
+//! Supervision: a thread polls the workers every 100 ms and respawns one that died (as the
+//! 6.824 lab's test script does by hand), at most [`MAX_RESPAWNS`] times per cluster, so a
+//! worker that crashes on start cannot loop forever. The coordinator re-runs the dead
+//! worker's tasks; the new process registers as a new worker.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quern_shuffle::Secret;
 
 use crate::{Error, Result};
 
+/// Worker restarts allowed per cluster.
+pub const MAX_RESPAWNS: u32 = 16;
+
 /// A running local cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
     coordinator: Child,
-    workers: Vec<Child>,
+    workers: Arc<Mutex<Vec<Child>>>,
     addr: SocketAddr,
     secret_file: PathBuf,
+    stopping: Arc<AtomicBool>,
+    respawns: Arc<AtomicU32>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+/// How to start worker `i`.
+#[derive(Debug, Clone)]
+struct WorkerCommand {
+    exe: PathBuf,
+    addr: SocketAddr,
+    slots: u32,
+    secret_file: PathBuf,
+    dir: PathBuf,
+}
+
+impl WorkerCommand {
+    fn spawn(&self, i: usize, generation: u32) -> Result<Child> {
+        let work_dir = self.dir.join(format!("worker-{i}-{generation}"));
+        Command::new(&self.exe)
+            .args([
+                "worker",
+                "--exit-with-parent",
+                "--join",
+                &self.addr.to_string(),
+            ])
+            .args(["--slots", &self.slots.to_string()])
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(&self.exe, e))
+    }
+}
+
+fn supervise(
+    workers: Arc<Mutex<Vec<Child>>>,
+    command: WorkerCommand,
+    stopping: Arc<AtomicBool>,
+    respawns: Arc<AtomicU32>,
+) {
+    while !stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut workers = workers.lock().unwrap_or_else(|p| p.into_inner());
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        for (i, child) in workers.iter_mut().enumerate() {
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            let n = respawns.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > MAX_RESPAWNS {
+                tracing::warn!(
+                    "worker {i} exited ({status}); respawn limit {MAX_RESPAWNS} reached"
+                );
+                continue;
+            }
+            tracing::warn!(
+                "worker {i} (pid {}) exited ({status}); respawning",
+                child.id()
+            );
+            match command.spawn(i, n) {
+                Ok(new) => *child = new,
+                Err(e) => tracing::warn!("cannot respawn worker {i}: {e}"),
+            }
+        }
+    }
 }
 
 impl LocalCluster {
@@ -58,28 +137,50 @@ impl LocalCluster {
                 return Err(e);
             }
         };
+        let command = WorkerCommand {
+            exe: exe.to_path_buf(),
+            addr,
+            slots,
+            secret_file: secret_file.clone(),
+            dir: dir.path().to_path_buf(),
+        };
         let mut cluster = LocalCluster {
             coordinator,
-            workers: Vec::new(),
+            workers: Arc::new(Mutex::new(Vec::new())),
             addr,
             secret_file,
+            stopping: Arc::new(AtomicBool::new(false)),
+            respawns: Arc::new(AtomicU32::new(0)),
+            supervisor: None,
             _dir: dir,
         };
-        for i in 0..workers {
-            let work_dir = cluster._dir.path().join(format!("worker-{i}"));
-            let child = Command::new(exe)
-                .args(["worker", "--exit-with-parent", "--join", &addr.to_string()])
-                .args(["--slots", &slots.to_string()])
-                .arg("--secret-file")
-                .arg(&cluster.secret_file)
-                .arg("--work-dir")
-                .arg(&work_dir)
-                .stdin(Stdio::piped())
-                .spawn()
-                .map_err(|e| Error::io(exe, e))?;
-            cluster.workers.push(child);
+        {
+            let mut children = cluster.lock_workers();
+            for i in 0..workers {
+                children.push(command.spawn(i, 0)?);
+            }
         }
+        let (w, s, r) = (
+            cluster.workers.clone(),
+            cluster.stopping.clone(),
+            cluster.respawns.clone(),
+        );
+        cluster.supervisor = Some(
+            std::thread::Builder::new()
+                .name("quern-supervisor".into())
+                .spawn(move || supervise(w, command, s, r))
+                .map_err(|e| Error::io("supervisor thread", e))?,
+        );
         Ok(cluster)
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Workers respawned so far.
+    pub fn respawns(&self) -> u32 {
+        self.respawns.load(Ordering::Relaxed).min(MAX_RESPAWNS)
     }
 
     /// The coordinator's address.
@@ -92,25 +193,28 @@ impl LocalCluster {
         &self.secret_file
     }
 
-    /// Process ids: the coordinator first, then the workers.
+    /// Process ids: the coordinator first, then the (current) workers.
     pub fn pids(&self) -> Vec<u32> {
         std::iter::once(self.coordinator.id())
-            .chain(self.workers.iter().map(Child::id))
+            .chain(self.lock_workers().iter().map(Child::id))
             .collect()
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for child in self
-            .workers
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
+        let mut workers = std::mem::take(&mut *self.lock_workers());
+        for child in workers
             .iter_mut()
             .chain(std::iter::once(&mut self.coordinator))
         {
             let _ = child.kill();
         }
-        for child in self
-            .workers
+        for child in workers
             .iter_mut()
             .chain(std::iter::once(&mut self.coordinator))
         {

@@ -96,6 +96,7 @@ struct State {
 
 struct Shared {
     config: WorkerConfig,
+    faults: crate::job::Faults,
     io: IoService,
     endpoint: quinn::Endpoint,
     my_ip: IpAddr,
@@ -131,6 +132,11 @@ impl Shared {
 
 /// Runs a worker process until the coordinator tells it to stop or goes away.
 pub fn run(config: WorkerConfig, secret: &Secret) -> Result<()> {
+    // Panics in user code are caught and reported to the coordinator with the record that
+    // caused them; log them as one line instead of a backtrace per attempt.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::warn!("task panicked: {info}");
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(config.slots.max(1) as usize + 4)
@@ -200,7 +206,15 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
     );
 
     let (out, mut out_rx) = mpsc::unbounded_channel::<ToCoordinator>();
+    let faults = match std::env::var("QUERN_FAULT") {
+        Ok(spec) => crate::job::Faults::parse(&spec).map_err(Error::Usage)?,
+        Err(_) => crate::job::Faults::default(),
+    };
+    if faults != crate::job::Faults::default() {
+        tracing::warn!("fault injection is on: {faults:?}");
+    }
     let shared = Arc::new(Shared {
+        faults,
         io: IoService::auto(),
         endpoint: endpoint.clone(),
         my_ip,
@@ -263,10 +277,15 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 shared.report(ToCoordinator::Failed {
                     attempt,
                     error: format!("job {job} is unknown to this worker"),
+                    bad_record: None,
                 });
                 return;
             };
-            let control = Arc::new(TaskControl::default());
+            let skip = match &task {
+                TaskMsg::Map { skip, .. } => skip.clone(),
+                TaskMsg::Reduce { .. } => Vec::new(),
+            };
+            let control = Arc::new(TaskControl::new(skip, shared.faults.clone()));
             shared.state().attempts.insert(
                 attempt,
                 RunningAttempt {
@@ -361,9 +380,9 @@ async fn run_attempt(
     task: TaskMsg,
     control: Arc<TaskControl>,
 ) {
-    let result = match (&entry.job, task) {
+    let result = match (&entry.job, task.clone()) {
         (Err(e), _) => Err(Error::Usage(format!("cannot build job: {e}"))),
-        (Ok(job), TaskMsg::Map { index, split }) => {
+        (Ok(job), TaskMsg::Map { index, split, .. }) => {
             let (shared2, entry2, job, control2) =
                 (shared.clone(), entry.clone(), job.clone(), control.clone());
             blocking(move || {
@@ -406,10 +425,21 @@ async fn run_attempt(
             }
         }
         Err(Error::Cancelled) => {}
-        Err(e) => shared.report(ToCoordinator::Failed {
-            attempt,
-            error: e.to_string(),
-        }),
+        Err(e) => {
+            // A crash inside user code is blamed on the record being processed (paper §4.6).
+            let (error, bad_record) = match (&e, &task) {
+                (Error::TaskPanicked { message, .. }, TaskMsg::Map { .. }) => {
+                    (format!("panicked: {message}"), control.current_record())
+                }
+                (Error::TaskPanicked { message, .. }, _) => (format!("panicked: {message}"), None),
+                _ => (e.to_string(), None),
+            };
+            shared.report(ToCoordinator::Failed {
+                attempt,
+                error,
+                bad_record,
+            })
+        }
     }
 }
 
