@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Skip records that crash a map twice at the same place, and list them in the summary.
     #[arg(long)]
     skip_bad_records: bool,
+    /// Continue the job journaled in the output directory (after the coordinator died)
+    /// instead of refusing the existing output.
+    #[arg(long, requires = "coordinator")]
+    resume: bool,
     /// Print no summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -179,6 +183,9 @@ enum Command {
         /// A worker silent for this long is lost, e.g. 2s.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         heartbeat_timeout: Duration,
+        /// Continue the job recorded in this journal (OUTPUT/_journal) after a crash.
+        #[arg(long)]
+        resume: Option<PathBuf>,
         #[command(flatten)]
         daemon: DaemonArgs,
     },
@@ -208,6 +215,11 @@ enum Command {
     /// Write a new random cluster secret to FILE (mode 0600).
     Secret {
         /// Where to write it.
+        file: PathBuf,
+    },
+    /// Print a job journal (OUTPUT/_journal), one committed transition per line.
+    Journal {
+        /// The journal file.
         file: PathBuf,
     },
 }
@@ -350,6 +362,17 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) {
         secs,
         bytes_in as f64 / secs.max(1e-9) / 1e6,
     );
+    if c.get("attempts.map") > 0 {
+        eprintln!(
+            "quern {name}: attempts: {} map, {} reduce, {} failed, {} lost; backups: {} launched, {} won",
+            c.get("attempts.map"),
+            c.get("attempts.reduce"),
+            c.get("attempts.failed"),
+            c.get("attempts.lost"),
+            c.get("backups.launched"),
+            c.get("backups.won"),
+        );
+    }
     if !report.skipped.is_empty() {
         let list: Vec<String> = report
             .skipped
@@ -427,6 +450,7 @@ impl RunArgs {
             task_memory: (self.memory() / cores).max(1 << 20),
             speculation: self.speculation,
             skip_bad_records: self.skip_bad_records,
+            resume: self.resume,
         };
         if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
             return cluster::client::submit(addr, &read_secret(secret)?, spec);
@@ -452,6 +476,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             listen,
             secret_file,
             heartbeat_timeout,
+            resume,
             daemon,
         } => {
             init_logging(daemon.verbose);
@@ -459,10 +484,15 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 exit_with_parent();
             }
             let secret = read_secret(&secret_file)?;
+            if let Some(journal) = &resume {
+                // Fail now, with a clear message, rather than after binding.
+                std::fs::metadata(journal).map_err(|e| Error::io(journal, e))?;
+            }
             cluster::coordinator::run(
                 listen,
                 &secret,
                 CoordinatorConfig { heartbeat_timeout },
+                resume,
                 |addr| {
                     println!("quern coordinator listening on {addr}");
                     let _ = std::io::stdout().flush();
@@ -502,6 +532,17 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 factory: factory(),
             };
             cluster::worker::run(config, &secret)?;
+            Ok(Outcome::Ok)
+        }
+        Command::Journal { file } => {
+            let (records, torn) = cluster::journal::read(&file)?;
+            let mut stdout = std::io::stdout().lock();
+            for record in &records {
+                let _ = writeln!(stdout, "{}", describe(record));
+            }
+            if torn {
+                let _ = writeln!(stdout, "(torn tail: a crash interrupted the last append)");
+            }
             Ok(Outcome::Ok)
         }
         Command::Secret { file } => {
@@ -660,6 +701,28 @@ fn run(command: Command) -> Result<Outcome, Error> {
             let report = run.execute(job, &output)?;
             summary(&run, "index", &report);
             Ok(Outcome::Ok)
+        }
+    }
+}
+
+/// One line per journal record, e.g. `job 1 committed map 3 attempt 7 on 10.0.0.2:4000`.
+fn describe(record: &quern_scheduler::journal::Record) -> String {
+    use quern_scheduler::journal::Record;
+    match record {
+        Record::JobAccepted { job, spec } => {
+            format!("job {job} accepted ({} bytes of spec)", spec.len())
+        }
+        Record::TaskCommitted {
+            job,
+            task,
+            attempt,
+            worker_addr,
+            ..
+        } => format!("job {job} committed {task} {attempt} on {worker_addr}"),
+        Record::JobDone { job } => format!("job {job} done"),
+        Record::JobFailed { job, reason } => format!("job {job} failed: {reason}"),
+        Record::AttemptsReserved { job, below } => {
+            format!("job {job} reserved attempts below {}", below.0)
         }
     }
 }

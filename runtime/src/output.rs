@@ -116,7 +116,12 @@ impl OutputDir {
         for part in 0..parts {
             let from = self.temp.join(part_name(part));
             let to = self.root.join(part_name(part));
-            std::fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Already moved by a job commit that a crash interrupted.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
+                Err(e) => return Err(Error::io(&from, e)),
+            }
             out.push(to);
         }
         sync_dir(&self.root)?;
@@ -124,7 +129,11 @@ impl OutputDir {
         std::fs::File::create(&success)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&success, e))?;
-        std::fs::remove_dir_all(&self.temp).map_err(|e| Error::io(&self.temp, e))?;
+        match std::fs::remove_dir_all(&self.temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&self.temp, e)),
+        }
         sync_dir(&self.root)?;
         Ok(out)
     }
@@ -136,7 +145,7 @@ impl OutputDir {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("part-") || name == "_SUCCESS" {
+                if name.starts_with("part-") || name == "_SUCCESS" || name == "_journal" {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

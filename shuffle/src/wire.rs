@@ -43,6 +43,9 @@ pub struct Register {
     pub port: u16,
     /// Process id (for logs and tests).
     pub pid: u32,
+    /// Map outputs this worker still serves from before (it is re-joining a restarted
+    /// coordinator): `(job, attempt)`.
+    pub held: Vec<(u64, u64)>,
 }
 
 /// One input file of a job.
@@ -86,6 +89,18 @@ pub struct JobSpec {
     pub speculation: bool,
     /// Skip records that make a map fail twice at the same offset (paper §4.6).
     pub skip_bad_records: bool,
+    /// Continue the job recorded in the output directory's journal instead of starting
+    /// afresh (after a coordinator crash).
+    pub resume: bool,
+}
+
+/// What the journal keeps of a committed task: a map's runs, and the attempt's counters.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CommittedOutput {
+    /// The map's runs on its worker (empty for reduces).
+    pub runs: Vec<RunMsg>,
+    /// The attempt's counters.
+    pub counters: Vec<CounterMsg>,
 }
 
 /// A byte range of a run file holding one partition.
@@ -384,6 +399,7 @@ mod tests {
                     task_memory: 1 << 30,
                     speculation: true,
                     skip_bad_records: false,
+                    resume: false,
                 },
             },
             ToWorker::Shutdown,

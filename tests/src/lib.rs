@@ -253,9 +253,13 @@ pub fn concat_parts(dir: &Path) -> Vec<u8> {
 }
 
 /// Asserts that `dir` is a committed output directory: `_SUCCESS` (empty) plus at least
-/// `min_parts` `part-NNNNN` files numbered from 0 without gaps, and nothing else.
+/// `min_parts` `part-NNNNN` files numbered from 0 without gaps, and nothing else — except
+/// `_journal`, the coordinator's record of the job, which cluster runs leave beside them.
 pub fn assert_committed(dir: &Path, min_parts: usize) {
-    let names = entries(dir);
+    let names: Vec<String> = entries(dir)
+        .into_iter()
+        .filter(|n| n != "_journal")
+        .collect();
     let part_names: Vec<&String> = names.iter().filter(|n| n.starts_with("part-")).collect();
     let expected: Vec<String> = (0..part_names.len())
         .map(|i| format!("part-{i:05}"))

@@ -52,10 +52,13 @@ async fn submit_async(
     let hello = encode_msg(&Hello::Client(spec)).map_err(net_err)?;
     net::write_frame(&mut send, &hello).await.map_err(net_err)?;
     let result = loop {
-        let Some(frame) = net::read_frame(&mut recv, MAX_FRAME)
-            .await
-            .map_err(net_err)?
-        else {
+        let lost = |e: NetError| {
+            Error::Net(format!(
+                "lost the coordinator at {coordinator} ({e}); its journal keeps the job: restart it \
+                 with --resume OUTPUT/_journal, or re-run this command with --resume"
+            ))
+        };
+        let Some(frame) = net::read_frame(&mut recv, MAX_FRAME).await.map_err(lost)? else {
             break Err(Error::Net(
                 "coordinator closed the connection before the job ended".into(),
             ));

@@ -1,7 +1,7 @@
 //! The coordinator: an async driver around the pure [`Scheduler`].
 //!
 //! One task owns all state (`Coordinator`); connection tasks only translate frames into
-//! [`Input`]s and [`ToWorker`]/[`ToClient`] messages back into frames. The owner loop feeds
+//! `Input`s and [`ToWorker`]/[`ToClient`] messages back into frames. The owner loop feeds
 //! inputs to the scheduler as events (with the time since the job started), then drains the
 //! scheduler's commands and carries them out. Jobs run one at a time, in submission order.
 //!
@@ -16,16 +16,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quern_scheduler::journal::{JournalEvent, Record};
 use quern_scheduler::{
     AttemptId, AttemptState, Command, Config, Event, Phase, Scheduler, TaskId, WorkerId,
 };
 use quern_shuffle::net;
 use quern_shuffle::wire::{
-    decode_msg, encode_msg, CounterMsg, Hello, JobSpec, MapLocation, RunMsg, TaskMsg, ToClient,
-    ToCoordinator, ToWorker,
+    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, JobSpec, MapLocation, RunMsg,
+    TaskMsg, ToClient, ToCoordinator, ToWorker,
 };
 use tokio::sync::mpsc;
 
+use super::journal::{JournalFile, JOURNAL};
 use super::{counters_from_msg, counters_to_msg, net_err, MAX_FRAME};
 use crate::job::Counters;
 use crate::output::OutputDir;
@@ -53,6 +55,7 @@ enum Input {
         worker: WorkerId,
         slots: u32,
         data_addr: SocketAddr,
+        held: Vec<(u64, u64)>,
         tx: mpsc::UnboundedSender<ToWorker>,
     },
     FromWorker {
@@ -76,6 +79,8 @@ struct WorkerConn {
     tx: mpsc::UnboundedSender<ToWorker>,
     data_addr: SocketAddr,
     slots: u32,
+    /// Map outputs `(job, attempt)` it served before joining (after a coordinator restart).
+    held: Vec<(u64, u64)>,
 }
 
 struct Finished {
@@ -98,6 +103,8 @@ struct RunningJob {
     bad_records: HashMap<u32, HashMap<u64, u32>>,
     /// Record offsets each map attempt was told to skip.
     skipped: HashMap<AttemptId, Vec<u64>>,
+    /// The job's journal (`OUTPUT/_journal`).
+    journal: JournalFile,
 }
 
 /// A record that crashed this many attempts of its map is skipped (with --skip-bad-records).
@@ -107,12 +114,25 @@ struct Coordinator {
     config: CoordinatorConfig,
     workers: HashMap<WorkerId, WorkerConn>,
     job: Option<RunningJob>,
-    queue: VecDeque<(u64, JobSpec, mpsc::UnboundedSender<ToClient>)>,
+    queue: VecDeque<Queued>,
     next_job: u64,
 }
 
-/// Serves a cluster on `endpoint` until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, config: CoordinatorConfig) -> Result<()> {
+/// A submitted job waiting for its turn.
+struct Queued {
+    id: u64,
+    client: u64,
+    spec: JobSpec,
+    tx: mpsc::UnboundedSender<ToClient>,
+}
+
+/// Serves a cluster on `endpoint` until the endpoint closes. With `resume`, first continues
+/// the job recorded in that journal (its client is gone; the job commits on its own).
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    config: CoordinatorConfig,
+    resume: Option<std::path::PathBuf>,
+) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     let accept = tokio::spawn(accept_loop(endpoint.clone(), tx));
     let mut coord = Coordinator {
@@ -122,6 +142,10 @@ pub async fn serve(endpoint: quinn::Endpoint, config: CoordinatorConfig) -> Resu
         queue: VecDeque::new(),
         next_job: 1,
     };
+    if let Some(journal) = resume {
+        let (tx, _) = mpsc::unbounded_channel();
+        coord.resume(&journal, 0, tx)?;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -182,6 +206,7 @@ async fn connection(
                 worker,
                 slots: reg.slots,
                 data_addr,
+                held: reg.held,
                 tx: wtx,
             });
             let writer = tokio::spawn(async move {
@@ -261,6 +286,7 @@ impl Coordinator {
                 worker,
                 slots,
                 data_addr,
+                held,
                 tx,
             } => {
                 let _ = tx.send(ToWorker::Welcome {
@@ -273,6 +299,7 @@ impl Coordinator {
                         tx,
                         data_addr,
                         slots,
+                        held,
                     },
                 );
                 if let Some(job) = &self.job {
@@ -283,7 +310,7 @@ impl Coordinator {
                         &job.announced.values().cloned().collect::<Vec<_>>(),
                     );
                 }
-                self.with_job(|_, now| Some((now, Event::WorkerJoined { worker, slots })));
+                self.join_worker(worker, slots);
             }
             Input::WorkerGone { worker } => {
                 self.workers.remove(&worker);
@@ -291,13 +318,19 @@ impl Coordinator {
             }
             Input::FromWorker { worker, msg } => self.worker_message(worker, msg),
             Input::Submit { client, spec, tx } => {
-                let _ = tx.send(ToClient::Accepted { job: self.next_job });
-                self.queue.push_back((client, spec, tx));
+                let id = self.next_job;
                 self.next_job += 1;
+                let _ = tx.send(ToClient::Accepted { job: id });
+                self.queue.push_back(Queued {
+                    id,
+                    client,
+                    spec,
+                    tx,
+                });
                 self.start_next();
             }
             Input::ClientGone { client } => {
-                self.queue.retain(|(c, _, _)| *c != client);
+                self.queue.retain(|q| q.client != client);
                 if self.job.as_ref().is_some_and(|j| j.client == client) {
                     tracing::warn!("client went away: abandoning its job");
                     self.end_job(Err(("client disconnected".into(), false)));
@@ -418,6 +451,12 @@ impl Coordinator {
     }
 
     fn drain(&mut self) {
+        if let Err(e) = self.flush_journal() {
+            // Without a durable journal a commit could be lost on a crash: stop the job.
+            tracing::error!("journal write failed: {e}");
+            self.end_job(Err((format!("journal write failed: {e}"), false)));
+            return;
+        }
         loop {
             let Some(job) = self.job.as_mut() else {
                 return;
@@ -560,13 +599,113 @@ impl Coordinator {
         }
     }
 
+    /// Feeds a joining worker to the running job, and the map outputs it still holds.
+    fn join_worker(&mut self, worker: WorkerId, slots: u32) {
+        let Some(job) = self.job.as_ref() else {
+            return;
+        };
+        let id = job.id;
+        let held: Vec<u64> = self
+            .workers
+            .get(&worker)
+            .map(|w| {
+                w.held
+                    .iter()
+                    .filter(|(j, _)| *j == id)
+                    .map(|(_, a)| *a)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.with_job(|_, now| Some((now, Event::WorkerJoined { worker, slots })));
+        for attempt in held {
+            self.with_job(|_, now| {
+                Some((
+                    now,
+                    Event::OutputFound {
+                        worker,
+                        attempt: AttemptId(attempt),
+                    },
+                ))
+            });
+        }
+    }
+
+    /// Appends the scheduler's journal events and fsyncs, before any command is acted on.
+    fn flush_journal(&mut self) -> Result<()> {
+        let Some(job) = self.job.as_mut() else {
+            return Ok(());
+        };
+        while let Some(event) = job.sched.poll_journal() {
+            let record = match event {
+                JournalEvent::TaskCommitted {
+                    task,
+                    attempt,
+                    worker,
+                } => {
+                    let fin = job.finished.get(&attempt);
+                    let output = CommittedOutput {
+                        runs: fin.map(|f| f.runs.clone()).unwrap_or_default(),
+                        counters: fin.map(|f| f.counters.clone()).unwrap_or_default(),
+                    };
+                    Record::TaskCommitted {
+                        job: job.id,
+                        task,
+                        attempt,
+                        worker_addr: self
+                            .workers
+                            .get(&worker)
+                            .map(|w| w.data_addr.to_string())
+                            .unwrap_or_default(),
+                        output: encode_msg(&output).map_err(net_err)?.to_vec(),
+                    }
+                }
+                JournalEvent::JobDone => Record::JobDone { job: job.id },
+                JournalEvent::JobFailed { reason } => Record::JobFailed {
+                    job: job.id,
+                    reason,
+                },
+                JournalEvent::AttemptsReserved { below } => {
+                    Record::AttemptsReserved { job: job.id, below }
+                }
+            };
+            job.journal.push(&record);
+        }
+        job.journal.sync()
+    }
+
     fn start_next(&mut self) {
         while self.job.is_none() {
-            let Some((client, spec, tx)) = self.queue.pop_front() else {
+            let Some(Queued {
+                id,
+                client,
+                spec,
+                tx,
+            }) = self.queue.pop_front()
+            else {
                 return;
             };
-            let id = self.next_job - self.queue.len() as u64 - 1;
-            let output = match OutputDir::create(Path::new(&spec.output)) {
+            let journal_path = Path::new(&spec.output).join(JOURNAL);
+            if spec.resume && journal_path.exists() {
+                if let Err(e) = self.resume(&journal_path, client, tx.clone()) {
+                    let _ = tx.send(ToClient::Failed {
+                        reason: e.to_string(),
+                        user_error: e.is_user_error(),
+                    });
+                }
+                continue;
+            }
+            let started = OutputDir::create(Path::new(&spec.output)).and_then(|output| {
+                let mut journal =
+                    JournalFile::create(&journal_path).inspect_err(|_| output.abort())?;
+                let bytes = encode_msg(&spec).map_err(net_err)?.to_vec();
+                journal.push(&Record::JobAccepted {
+                    job: id,
+                    spec: bytes,
+                });
+                journal.sync().inspect_err(|_| output.abort())?;
+                Ok((output, journal))
+            });
+            let (output, journal) = match started {
                 Ok(o) => o,
                 Err(e) => {
                     let _ = tx.send(ToClient::Failed {
@@ -582,15 +721,12 @@ impl Coordinator {
                 spec.splits.len(),
                 spec.reducers
             );
-            let mut config = Config::new(spec.splits.len() as u32, spec.reducers);
-            config.heartbeat_timeout = self.config.heartbeat_timeout;
-            config.speculation = spec.speculation;
-            let spec = Arc::new(spec);
-            self.job = Some(RunningJob {
+            let sched = Scheduler::new(self.scheduler_config(&spec));
+            self.begin(RunningJob {
                 id,
                 client,
-                spec: spec.clone(),
-                sched: Scheduler::new(config),
+                spec: Arc::new(spec),
+                sched,
                 started: Instant::now(),
                 output,
                 tx,
@@ -598,16 +734,113 @@ impl Coordinator {
                 announced: HashMap::new(),
                 bad_records: HashMap::new(),
                 skipped: HashMap::new(),
+                journal,
             });
-            let workers: Vec<(WorkerId, u32)> =
-                self.workers.iter().map(|(w, c)| (*w, c.slots)).collect();
-            for (worker, slots) in workers {
-                self.introduce(worker, id, &spec, &[]);
-                self.with_job(|_, now| Some((now, Event::WorkerJoined { worker, slots })));
-            }
-            // A job with no tasks at all is done at once.
-            self.with_job(|_, now| Some((now, Event::Tick)));
         }
+    }
+
+    fn scheduler_config(&self, spec: &JobSpec) -> Config {
+        let mut config = Config::new(spec.splits.len() as u32, spec.reducers);
+        config.heartbeat_timeout = self.config.heartbeat_timeout;
+        config.speculation = spec.speculation;
+        config
+    }
+
+    /// Makes `job` the running job and tells every worker about it.
+    fn begin(&mut self, job: RunningJob) {
+        let (id, spec) = (job.id, job.spec.clone());
+        self.job = Some(job);
+        let workers: Vec<(WorkerId, u32)> =
+            self.workers.iter().map(|(w, c)| (*w, c.slots)).collect();
+        for (worker, slots) in workers {
+            self.introduce(worker, id, &spec, &[]);
+            self.join_worker(worker, slots);
+        }
+        // A job with no tasks at all is done at once.
+        self.with_job(|_, now| Some((now, Event::Tick)));
+    }
+
+    /// Continues the job recorded in `journal` (whose coordinator died).
+    fn resume(
+        &mut self,
+        path: &Path,
+        client: u64,
+        tx: mpsc::UnboundedSender<ToClient>,
+    ) -> Result<()> {
+        let (journal, records) = JournalFile::open(path)?;
+        let Some((id, spec_bytes)) = records.iter().rev().find_map(|r| match r {
+            Record::JobAccepted { job, spec } => Some((*job, spec.clone())),
+            _ => None,
+        }) else {
+            return Err(crate::Error::Usage(format!(
+                "{}: no job in this journal",
+                path.display()
+            )));
+        };
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&spec_bytes);
+        let spec: JobSpec = decode_msg(&aligned).map_err(net_err)?;
+        self.next_job = self.next_job.max(id + 1);
+        let output = OutputDir::open(Path::new(&spec.output));
+        let ended = records.iter().find_map(|r| match r {
+            Record::JobDone { job } if *job == id => Some(Ok(())),
+            Record::JobFailed { job, reason } if *job == id => Some(Err(reason.clone())),
+            _ => None,
+        });
+        let mut finished = HashMap::new();
+        for r in &records {
+            if let Record::TaskCommitted {
+                job,
+                attempt,
+                output,
+                ..
+            } = r
+            {
+                if *job != id {
+                    continue;
+                }
+                let mut bytes = rkyv::util::AlignedVec::<16>::new();
+                bytes.extend_from_slice(output);
+                let out: CommittedOutput = decode_msg(&bytes).map_err(net_err)?;
+                finished.insert(
+                    *attempt,
+                    Finished {
+                        counters: out.counters,
+                        runs: out.runs,
+                    },
+                );
+            }
+        }
+        let commits = quern_scheduler::journal::commits(&records, id).len();
+        tracing::info!(
+            "resuming job {id} ({}) from {}: {commits} tasks already committed",
+            spec.name,
+            path.display()
+        );
+        let sched = Scheduler::resume_from_journal(self.scheduler_config(&spec), &records, id);
+        let job = RunningJob {
+            id,
+            client,
+            spec: Arc::new(spec),
+            sched,
+            started: Instant::now(),
+            output,
+            tx,
+            finished,
+            announced: HashMap::new(),
+            bad_records: HashMap::new(),
+            skipped: HashMap::new(),
+            journal,
+        };
+        match ended {
+            // The job had ended: finish what the crash interrupted (commit, or clean up).
+            Some(result) => {
+                self.job = Some(job);
+                self.end_job(result.map_err(|reason| (reason, false)));
+            }
+            None => self.begin(job),
+        }
+        Ok(())
     }
 
     fn end_job(&mut self, result: std::result::Result<(), (String, bool)>) {
@@ -651,6 +884,22 @@ impl Coordinator {
                                 skipped.push((name.to_string(), offset));
                             }
                         }
+                        // What the scheduler did, next to what the tasks did.
+                        let stats = job.sched.stats();
+                        let count_phase = |phase: Phase| {
+                            job.sched
+                                .attempts()
+                                .filter(|(_, a)| a.task.phase == phase)
+                                .count() as u128
+                        };
+                        counters.add("attempts.map", count_phase(Phase::Map));
+                        counters.add("attempts.reduce", count_phase(Phase::Reduce));
+                        counters.add("attempts.failed", u128::from(stats.attempts_failed));
+                        counters.add("attempts.lost", u128::from(stats.attempts_lost));
+                        counters.add("backups.launched", u128::from(stats.backups_launched));
+                        counters.add("backups.won", u128::from(stats.backups_won));
+                        counters.add("map.outputs.lost", u128::from(stats.map_outputs_lost));
+                        counters.add("workers.lost", u128::from(stats.workers_lost));
                         tracing::info!("job {} done in {:?}", job.id, job.started.elapsed());
                         ToClient::Done {
                             counters: counters_to_msg(&counters),
@@ -687,6 +936,7 @@ pub fn run(
     listen: SocketAddr,
     secret: &quern_shuffle::Secret,
     config: CoordinatorConfig,
+    resume: Option<std::path::PathBuf>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -701,6 +951,6 @@ pub fn run(
             .local_addr()
             .map_err(|e| crate::Error::io("endpoint", e))?;
         ready(addr);
-        serve(endpoint, config).await
+        serve(endpoint, config, resume).await
     })
 }

@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod coordinator;
+pub mod journal;
 pub mod launch;
 pub mod worker;
 

@@ -172,40 +172,6 @@ async fn join(config: &WorkerConfig, endpoint: &quinn::Endpoint) -> Result<quinn
 async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
     std::fs::create_dir_all(&config.work_dir).map_err(|e| Error::io(&config.work_dir, e))?;
     let endpoint = net::endpoint(config.bind, secret).map_err(net_err)?;
-    let port = endpoint
-        .local_addr()
-        .map_err(|e| Error::io("endpoint", e))?
-        .port();
-    let conn = join(&config, &endpoint).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
-    let hello = Hello::Worker(Register {
-        slots: config.slots,
-        port,
-        pid: std::process::id(),
-    });
-    net::write_frame(&mut send, &encode_msg(&hello).map_err(net_err)?)
-        .await
-        .map_err(net_err)?;
-    let welcome = net::read_frame(&mut recv, MAX_FRAME)
-        .await
-        .map_err(net_err)?;
-    let Some(ToWorker::Welcome { worker, ip }) = welcome
-        .as_deref()
-        .map(decode_msg::<ToWorker>)
-        .transpose()
-        .map_err(net_err)?
-    else {
-        return Err(Error::Net("coordinator did not welcome this worker".into()));
-    };
-    let my_ip: IpAddr = ip
-        .parse()
-        .map_err(|e| Error::Net(format!("coordinator sent a bad address {ip:?}: {e}")))?;
-    tracing::info!(
-        "joined {} as worker {worker} ({my_ip}:{port})",
-        config.coordinator
-    );
-
-    let (out, mut out_rx) = mpsc::unbounded_channel::<ToCoordinator>();
     let faults = match std::env::var("QUERN_FAULT") {
         Ok(spec) => crate::job::Faults::parse(&spec).map_err(Error::Usage)?,
         Err(_) => crate::job::Faults::default(),
@@ -213,40 +179,42 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
     if faults != crate::job::Faults::default() {
         tracing::warn!("fault injection is on: {faults:?}");
     }
+    let (out, mut out_rx) = mpsc::unbounded_channel::<ToCoordinator>();
+    let mut session = Session::join(&config, &endpoint, Vec::new()).await?;
     let shared = Arc::new(Shared {
         faults,
         io: IoService::auto(),
         endpoint: endpoint.clone(),
-        my_ip,
+        my_ip: session.my_ip,
         out,
         state: Mutex::new(State::default()),
         peers: tokio::sync::Mutex::new(HashMap::new()),
         config,
     });
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let bytes = encode_msg(&msg).map_err(net_err)?;
-            net::write_frame(&mut send, &bytes).await.map_err(net_err)?;
-        }
-        Ok::<(), Error>(())
-    });
     let heartbeat = tokio::spawn(heartbeats(shared.clone()));
     let server = tokio::spawn(fetch_server(shared.clone(), endpoint.clone()));
-
     let result = loop {
-        let frame = match net::read_frame(&mut recv, MAX_FRAME).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break Err(Error::Net("coordinator closed the connection".into())),
-            Err(e) => break Err(Error::Net(format!("lost the coordinator: {e}"))),
+        let (lost, rx) = session.run(&shared, out_rx).await;
+        out_rx = rx;
+        let Err(reason) = lost else {
+            break Ok(());
         };
-        match decode_msg::<ToWorker>(&frame).map_err(net_err)? {
-            ToWorker::Shutdown => break Ok(()),
-            msg => handle(&shared, msg),
+        // The coordinator went away: stop what runs (its results could not be reported),
+        // keep the map outputs, and re-join with backoff — a restarted coordinator resumes
+        // its job and re-attaches the outputs this worker still holds.
+        tracing::warn!("{reason}; re-joining {}", shared.config.coordinator);
+        for a in shared.state().attempts.values() {
+            a.control.cancel();
+        }
+        while out_rx.try_recv().is_ok() {}
+        let held: Vec<(u64, u64)> = shared.state().served.keys().copied().collect();
+        match Session::join(&shared.config, &endpoint, held).await {
+            Ok(s) => session = s,
+            Err(e) => break Err(e),
         }
     };
     heartbeat.abort();
     server.abort();
-    writer.abort();
     // Stop every attempt and drop every job's intermediate files.
     let jobs: Vec<u64> = shared.state().jobs.keys().copied().collect();
     for job in jobs {
@@ -254,6 +222,110 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
     }
     endpoint.close(0u32.into(), b"worker exiting");
     result
+}
+
+/// One registration with the coordinator: its control stream.
+struct Session {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    my_ip: IpAddr,
+}
+
+impl Session {
+    /// Connects (retrying with backoff up to the join timeout) and registers.
+    async fn join(
+        config: &WorkerConfig,
+        endpoint: &quinn::Endpoint,
+        held: Vec<(u64, u64)>,
+    ) -> Result<Session> {
+        let port = endpoint
+            .local_addr()
+            .map_err(|e| Error::io("endpoint", e))?
+            .port();
+        let conn = join(config, endpoint).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
+        let hello = Hello::Worker(Register {
+            slots: config.slots,
+            port,
+            pid: std::process::id(),
+            held,
+        });
+        net::write_frame(&mut send, &encode_msg(&hello).map_err(net_err)?)
+            .await
+            .map_err(net_err)?;
+        let welcome = net::read_frame(&mut recv, MAX_FRAME)
+            .await
+            .map_err(net_err)?;
+        let Some(ToWorker::Welcome { worker, ip }) = welcome
+            .as_deref()
+            .map(decode_msg::<ToWorker>)
+            .transpose()
+            .map_err(net_err)?
+        else {
+            return Err(Error::Net("coordinator did not welcome this worker".into()));
+        };
+        let my_ip: IpAddr = ip
+            .parse()
+            .map_err(|e| Error::Net(format!("coordinator sent a bad address {ip:?}: {e}")))?;
+        tracing::info!(
+            "joined {} as worker {worker} ({my_ip}:{port})",
+            config.coordinator
+        );
+        Ok(Session { send, recv, my_ip })
+    }
+
+    /// Serves the session until `Shutdown` (`Ok`) or the connection is lost (`Err`); hands
+    /// the outgoing queue back either way.
+    async fn run(
+        self,
+        shared: &Arc<Shared>,
+        mut out_rx: mpsc::UnboundedReceiver<ToCoordinator>,
+    ) -> (
+        std::result::Result<(), String>,
+        mpsc::UnboundedReceiver<ToCoordinator>,
+    ) {
+        let Session {
+            mut send, mut recv, ..
+        } = self;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = out_rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        let Ok(bytes) = encode_msg(&msg) else { continue };
+                        if net::write_frame(&mut send, &bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+            out_rx
+        });
+        let result = loop {
+            let frame = match net::read_frame(&mut recv, MAX_FRAME).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Err("the coordinator closed the connection".to_string()),
+                Err(e) => break Err(format!("lost the coordinator: {e}")),
+            };
+            match decode_msg::<ToWorker>(&frame) {
+                Ok(ToWorker::Shutdown) => break Ok(()),
+                Ok(msg) => handle(shared, msg),
+                Err(e) => break Err(format!("bad message from the coordinator: {e}")),
+            }
+        };
+        let _ = stop.send(());
+        let out_rx = match writer.await {
+            Ok(rx) => rx,
+            // The writer cannot panic; if it somehow did, start a fresh queue.
+            Err(_) => {
+                let (_, rx) = mpsc::unbounded_channel();
+                rx
+            }
+        };
+        (result, out_rx)
+    }
 }
 
 fn handle(shared: &Arc<Shared>, msg: ToWorker) {
