@@ -1,0 +1,185 @@
+//! Issue 4, test 5: the coordinator dies mid-job (SIGKILL) and is resumed from its journal.
+//! The job finishes with the right output, and the journal shows that no task committed
+//! before the crash was run again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use quern_tests::cluster::{
+    coordinator_addr, new_secret, wait_joined, wait_until, Proc, Stream, JOB_TIMEOUT,
+};
+use quern_tests::{p, parts, run};
+
+/// `quern journal` of `out/_journal`: the committed tasks, `task -> times committed`.
+fn commits(out: &Path) -> BTreeMap<String, usize> {
+    let o = run(["journal", &p(&out.join("_journal"))]);
+    let mut counts = BTreeMap::new();
+    for line in o.stdout_str().lines() {
+        // "job 1 committed map 3 attempt 7 on 127.0.0.1:4000"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.get(2) == Some(&"committed") {
+            *counts
+                .entry(format!("{} {}", words[3], words[4]))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn worker(addr: &str, secret: &Path, i: usize) -> Proc {
+    let mut cmd = std::process::Command::new(quern_tests::quern());
+    cmd.args([
+        "worker",
+        "--exit-with-parent",
+        "--slots",
+        "1",
+        "--join",
+        addr,
+        "--secret-file",
+        &p(secret),
+    ])
+    // Slow the maps down so the crash lands mid-job, whatever the machine's speed.
+    .env("QUERN_FAULT", "slow:3");
+    Proc::spawn(format!("worker {i}"), cmd)
+}
+
+#[test]
+fn coordinator_killed_mid_job_resumes_from_its_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    new_secret(&secret);
+    let gen = dir.path().join("gen");
+    run([
+        "teragen",
+        "-q",
+        "--in-process",
+        "--records",
+        "200000",
+        "--parts",
+        "4",
+        "-o",
+        &p(&gen),
+    ])
+    .ok();
+    let seq = dir.path().join("seq");
+    let job = |out: &Path| {
+        vec![
+            "terasort".to_string(),
+            p(&gen),
+            "-r".into(),
+            "2".into(),
+            "--split-size".into(),
+            "256KiB".into(),
+            "-o".into(),
+            p(out),
+        ]
+    };
+    let mut args = job(&seq);
+    args.push("--sequential".into());
+    run(&args).ok();
+
+    let coordinator = Proc::quern(
+        "coordinator",
+        [
+            "coordinator",
+            "--exit-with-parent",
+            "-v",
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            &p(&secret),
+        ],
+    );
+    let addr = coordinator_addr(&coordinator).to_string();
+    let workers: Vec<Proc> = (0..2).map(|i| worker(&addr, &secret, i)).collect();
+    wait_joined(&coordinator, &workers, 2);
+
+    let out = dir.path().join("out");
+    let mut args = job(&out);
+    args.extend([
+        "--coordinator".to_string(),
+        addr.clone(),
+        "--secret-file".into(),
+        p(&secret),
+    ]);
+    let mut client = Proc::quern("client", &args);
+
+    // Kill the coordinator once a few tasks are committed (and journaled), but not all 80.
+    wait_until(JOB_TIMEOUT, || (commits(&out).len() >= 4).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "no commits journaled\n{}\n{}",
+            coordinator.describe(),
+            client.describe()
+        )
+    });
+    let mut coordinator = coordinator;
+    coordinator.kill();
+    let status = client
+        .wait_exit(JOB_TIMEOUT)
+        .expect("the client notices the coordinator's death");
+    assert!(
+        !status.success(),
+        "the client cannot succeed without its coordinator"
+    );
+    let client_err = client.output(Stream::Stderr);
+    assert!(
+        client_err.contains("--resume"),
+        "the client says how to continue:\n{client_err}"
+    );
+    assert!(
+        !out.join("_SUCCESS").exists(),
+        "the job finished before the crash: make it longer"
+    );
+    // The dead coordinator journals nothing more: this is what committed before the crash.
+    let before: Vec<String> = commits(&out).into_keys().collect();
+    assert!(before.len() < 80, "every map committed before the crash");
+
+    // Restart on the same address from the journal; the workers re-join on their own.
+    let resumed = Proc::quern(
+        "resumed coordinator",
+        [
+            "coordinator",
+            "--exit-with-parent",
+            "-v",
+            "--listen",
+            &addr,
+            "--secret-file",
+            &p(&secret),
+            "--resume",
+            &p(&out.join("_journal")),
+        ],
+    );
+    resumed.expect_output(
+        "a resume line",
+        Stream::Stderr,
+        Duration::from_secs(30),
+        |log| log.contains("resuming job").then_some(()),
+    );
+    wait_until(JOB_TIMEOUT, || out.join("_SUCCESS").exists().then_some(()))
+        .unwrap_or_else(|| panic!("the resumed job did not finish\n{}", resumed.describe()));
+
+    assert_eq!(
+        parts(&out),
+        parts(&seq),
+        "resumed output differs from --sequential"
+    );
+    let after = commits(&out);
+    for task in &before {
+        assert_eq!(
+            after.get(task),
+            Some(&1),
+            "{task} was committed before the crash and must not run again"
+        );
+    }
+    assert!(
+        after.values().all(|&n| n == 1),
+        "a task committed twice: {after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        80 + 2,
+        "every map and reduce committed exactly once: {after:?}"
+    );
+    drop(workers);
+}
