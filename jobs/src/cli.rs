@@ -73,7 +73,7 @@ pub struct RunArgs {
     #[arg(long)]
     secret_file: Option<PathBuf>,
     /// Launch backup attempts for straggling tasks (LATE): on or off.
-    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     speculation: bool,
     /// Skip records that crash a map twice at the same place, and list them in the summary.
     #[arg(long)]

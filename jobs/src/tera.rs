@@ -54,10 +54,16 @@ impl Job for TeraGen {
         ctx: &mut MapContext<'_>,
     ) {
         let mut sum = 0u128;
+        let mut done = 0u64;
         gensort::generate(self.seed, split.start, split.len, self.ascii, |rec| {
             sum += gensort::record_crc(rec);
             ctx.emit(&rec[..KEY_LEN], &rec[KEY_LEN..]);
+            done += 1;
+            if done % 4096 == 0 {
+                ctx.progress(done, split.len);
+            }
         });
+        ctx.progress(split.len, split.len);
         ctx.count(RECORDS, u128::from(split.len));
         ctx.count(CHECKSUM, sum);
     }

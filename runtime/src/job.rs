@@ -258,6 +258,7 @@ impl TaskControl {
 pub struct MapContext<'a> {
     pub(crate) sink: &'a mut dyn Sink,
     pub(crate) counters: &'a mut Counters,
+    pub(crate) control: Option<&'a TaskControl>,
 }
 
 impl std::fmt::Debug for MapContext<'_> {
@@ -271,7 +272,30 @@ impl std::fmt::Debug for MapContext<'_> {
 impl<'a> MapContext<'a> {
     /// A context over any sink (for tests and tools that run `map` outside the runtime).
     pub fn new(sink: &'a mut dyn Sink, counters: &'a mut Counters) -> Self {
-        MapContext { sink, counters }
+        MapContext {
+            sink,
+            counters,
+            control: None,
+        }
+    }
+
+    /// Lets the context publish progress to (and see cancellation from) an attempt's control.
+    pub(crate) fn with_control(mut self, control: &'a TaskControl) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Reports progress of a `map_split` that does not consume the records iterator (which
+    /// otherwise reports it): `done` of `total` units. Speculation judges attempts by it.
+    pub fn progress(&mut self, done: u64, total: u64) {
+        if let Some(control) = self.control {
+            control.set_progress(done, total);
+        }
+    }
+
+    /// True when the attempt has been cancelled: a long `map_split` should stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_some_and(TaskControl::is_cancelled)
     }
 
     /// Emits one intermediate pair. Both slices are copied; they may point anywhere.

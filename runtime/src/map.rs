@@ -314,7 +314,7 @@ pub fn run_map(
     let mut counted = CountingRecords::new(&mut records, split.start, control);
     control.set_progress(0, split.len);
     {
-        let mut ctx = MapContext::new(&mut buffer, &mut counters);
+        let mut ctx = MapContext::new(&mut buffer, &mut counters).with_control(control);
         job.map_split(&info, &mut counted, &mut ctx);
     }
     let (records_in, skipped) = (counted.n, counted.skipped);
@@ -368,7 +368,7 @@ pub fn run_map_only(
     let mut counted = CountingRecords::new(&mut records, split.start, control);
     control.set_progress(0, split.len);
     {
-        let mut ctx = MapContext::new(&mut sink, &mut counters);
+        let mut ctx = MapContext::new(&mut sink, &mut counters).with_control(control);
         job.map_split(&info, &mut counted, &mut ctx);
     }
     let (records_in, skipped) = (counted.n, counted.skipped);

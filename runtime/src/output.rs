@@ -129,8 +129,18 @@ impl OutputDir {
         std::fs::File::create(&success)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&success, e))?;
-        match std::fs::remove_dir_all(&self.temp) {
-            Ok(()) => {}
+        // A losing attempt may still be writing in `_temporary` (it was cancelled, not
+        // waited for): move the directory aside in one rename, so the loser's final `link`
+        // fails harmlessly, then delete it best-effort.
+        let trash = self.root.join("_temporary.done");
+        match std::fs::rename(&self.temp, &trash) {
+            Ok(()) => {
+                for _ in 0..3 {
+                    if std::fs::remove_dir_all(&trash).is_ok() || !trash.exists() {
+                        break;
+                    }
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&self.temp, e)),
         }

@@ -133,6 +133,8 @@ pub struct CounterMsg {
 /// Progress of one running attempt.
 #[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ProgressMsg {
+    /// The attempt's job.
+    pub job: u64,
     /// The attempt.
     pub attempt: u64,
     /// Work done (bytes), out of `total`.
@@ -151,6 +153,8 @@ pub enum ToCoordinator {
     },
     /// An attempt finished; for a map of a job with reducers, `runs` is its output.
     Finished {
+        /// The attempt's job (attempt ids are per job).
+        job: u64,
         /// The attempt.
         attempt: u64,
         /// Its counters.
@@ -160,6 +164,8 @@ pub enum ToCoordinator {
     },
     /// An attempt failed.
     Failed {
+        /// The attempt's job.
+        job: u64,
         /// The attempt.
         attempt: u64,
         /// What went wrong.
@@ -170,6 +176,8 @@ pub enum ToCoordinator {
     },
     /// A reduce attempt could not fetch (or validate) a map's output.
     FetchFailed {
+        /// The attempt's job.
+        job: u64,
         /// The reduce attempt.
         attempt: u64,
         /// The map task.
@@ -254,6 +262,8 @@ pub enum ToWorker {
     },
     /// Stop an attempt; its result will be ignored.
     Cancel {
+        /// The attempt's job.
+        job: u64,
         /// The attempt.
         attempt: u64,
     },
@@ -413,6 +423,7 @@ mod tests {
             assert_eq!(decode_msg::<ToWorker>(&bytes).unwrap(), msg);
         }
         let c = ToCoordinator::Finished {
+            job: 1,
             attempt: 5,
             counters: vec![CounterMsg {
                 name: "x".into(),

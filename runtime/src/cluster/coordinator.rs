@@ -342,11 +342,18 @@ impl Coordinator {
     fn worker_message(&mut self, worker: WorkerId, msg: ToCoordinator) {
         let attempt = match &msg {
             ToCoordinator::Heartbeat { .. } => None,
-            ToCoordinator::Finished { attempt, .. }
-            | ToCoordinator::Failed { attempt, .. }
-            | ToCoordinator::FetchFailed { attempt, .. } => Some(AttemptId(*attempt)),
+            ToCoordinator::Finished { job, attempt, .. }
+            | ToCoordinator::Failed { job, attempt, .. }
+            | ToCoordinator::FetchFailed { job, attempt, .. } => Some((*job, AttemptId(*attempt))),
         };
-        if let (Some(attempt), Some(job)) = (attempt, &self.job) {
+        if let (Some((id, attempt)), Some(job)) = (attempt, &self.job) {
+            // Attempt ids are per job: a report about an earlier job's attempt is stale.
+            if id != job.id {
+                tracing::debug!(
+                    "{worker} reported on {attempt} of job {id}, which is over: ignored"
+                );
+                return;
+            }
             if job
                 .sched
                 .attempt(attempt)
@@ -357,9 +364,11 @@ impl Coordinator {
             }
         }
         match msg {
-            ToCoordinator::Heartbeat { progress } => self.with_job(|_, now| {
+            ToCoordinator::Heartbeat { progress } => self.with_job(|job, now| {
+                let id = job.id;
                 let progress = progress
                     .iter()
+                    .filter(|p| p.job == id)
                     .map(|p| {
                         let f = if p.total == 0 {
                             0.0
@@ -375,6 +384,7 @@ impl Coordinator {
                 attempt,
                 counters,
                 runs,
+                ..
             } => self.with_job(|job, now| {
                 job.finished
                     .insert(AttemptId(attempt), Finished { counters, runs });
@@ -389,6 +399,7 @@ impl Coordinator {
                 attempt,
                 error,
                 bad_record,
+                ..
             } => self.with_job(|job, now| {
                 tracing::info!("attempt {attempt} on {worker} failed: {error}");
                 let task = job.sched.attempt(AttemptId(attempt)).map(|a| a.task);
@@ -422,6 +433,7 @@ impl Coordinator {
                 attempt,
                 map,
                 error,
+                ..
             } => self.with_job(|_, now| {
                 tracing::info!("attempt {attempt} on {worker} could not fetch map {map}: {error}");
                 Some((
@@ -512,7 +524,14 @@ impl Coordinator {
                     );
                 }
                 Command::Cancel { attempt, worker } => {
-                    self.send(worker, ToWorker::Cancel { attempt: attempt.0 })
+                    let id = job.id;
+                    self.send(
+                        worker,
+                        ToWorker::Cancel {
+                            job: id,
+                            attempt: attempt.0,
+                        },
+                    )
                 }
                 Command::MapOutputReady { map, worker } => {
                     let Some(attempt) = job.sched.committed_attempt(TaskId::map(map)) else {
@@ -850,7 +869,13 @@ impl Coordinator {
         // Stop whatever still runs (the scheduler already cancelled its own on JobDone).
         for (id, attempt) in job.sched.attempts() {
             if matches!(attempt.state, AttemptState::Running) {
-                self.send(attempt.worker, ToWorker::Cancel { attempt: id.0 });
+                self.send(
+                    attempt.worker,
+                    ToWorker::Cancel {
+                        job: job.id,
+                        attempt: id.0,
+                    },
+                );
             }
         }
         let reply = match result {

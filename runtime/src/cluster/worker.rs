@@ -89,7 +89,8 @@ struct RunningAttempt {
 #[derive(Default)]
 struct State {
     jobs: HashMap<u64, Arc<JobEntry>>,
-    attempts: HashMap<u64, RunningAttempt>,
+    /// Running attempts by `(job, attempt)`: attempt ids are only unique within a job.
+    attempts: HashMap<(u64, u64), RunningAttempt>,
     /// Committed-or-not map outputs this worker serves: (job, attempt) → runs.
     served: HashMap<(u64, u64), Vec<RunFile>>,
 }
@@ -347,6 +348,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
         ToWorker::Assign { job, attempt, task } => {
             let Some(entry) = shared.state().jobs.get(&job).cloned() else {
                 shared.report(ToCoordinator::Failed {
+                    job,
                     attempt,
                     error: format!("job {job} is unknown to this worker"),
                     bad_record: None,
@@ -359,7 +361,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
             };
             let control = Arc::new(TaskControl::new(skip, shared.faults.clone()));
             shared.state().attempts.insert(
-                attempt,
+                (job, attempt),
                 RunningAttempt {
                     job,
                     control: control.clone(),
@@ -381,8 +383,8 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 });
             }
         }
-        ToWorker::Cancel { attempt } => {
-            if let Some(a) = shared.state().attempts.get(&attempt) {
+        ToWorker::Cancel { job, attempt } => {
+            if let Some(a) = shared.state().attempts.get(&(job, attempt)) {
                 a.control.cancel();
             }
         }
@@ -426,9 +428,10 @@ async fn heartbeats(shared: Arc<Shared>) {
             .state()
             .attempts
             .iter()
-            .map(|(&attempt, a)| {
+            .map(|(&(job, attempt), a)| {
                 let (done, total) = a.control.progress();
                 ProgressMsg {
+                    job,
                     attempt,
                     done,
                     total,
@@ -475,7 +478,7 @@ async fn run_attempt(
         }
     };
     let cancelled = control.is_cancelled();
-    shared.state().attempts.remove(&attempt);
+    shared.state().attempts.remove(&(entry.id, attempt));
     match result {
         Ok(outcome) if !cancelled => {
             let runs = outcome.runs.iter().map(run_to_msg).collect();
@@ -486,6 +489,7 @@ async fn run_attempt(
                     .insert((entry.id, attempt), outcome.runs);
             }
             shared.report(ToCoordinator::Finished {
+                job: entry.id,
                 attempt,
                 counters: counters_to_msg(&outcome.counters),
                 runs,
@@ -507,6 +511,7 @@ async fn run_attempt(
                 _ => (e.to_string(), None),
             };
             shared.report(ToCoordinator::Failed {
+                job: entry.id,
                 attempt,
                 error,
                 bad_record,
@@ -610,6 +615,7 @@ async fn reduce_attempt(
                         location.addr
                     );
                     shared.report(ToCoordinator::FetchFailed {
+                        job: entry.id,
                         attempt,
                         map: location.map,
                         error: e.to_string(),
@@ -650,6 +656,7 @@ async fn reduce_attempt(
         // A corrupt map output: tell the coordinator which map, so it can be re-run.
         if let Error::BadMapOutput { map, .. } = e {
             shared.report(ToCoordinator::FetchFailed {
+                job: entry.id,
                 attempt,
                 map: *map,
                 error: e.to_string(),
