@@ -1,6 +1,8 @@
 //! The journal and resuming after a coordinator restart: scripted rules, then a simulation
 //! that crashes the coordinator at random points and rebuilds it from the journal bytes.
 
+mod common;
+
 use std::time::Duration;
 
 use quern_scheduler::journal::{self, Record};
@@ -284,27 +286,7 @@ mod crash {
     const STEP: Duration = Duration::from_millis(100);
     const JOB: u64 = 7;
 
-    /// splitmix64.
-    #[derive(Debug)]
-    struct Rng(u64);
-
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn range(&mut self, lo: u64, hi: u64) -> u64 {
-            lo + self.next_u64() % (hi - lo + 1)
-        }
-
-        fn chance(&mut self, p: f64) -> bool {
-            ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-        }
-    }
+    use crate::common::Rng;
 
     #[derive(Debug)]
     struct Run {

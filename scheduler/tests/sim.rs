@@ -14,6 +14,8 @@
 //! promises, plus its own `check_invariants`. A failure prints the seed; set
 //! `QUERN_SIM_SEED=<seed>` to replay just that one, `QUERN_SIM_SEEDS=<n>` to run more.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -29,39 +31,7 @@ const MAX_STEPS: u32 = 30_000;
 const TAIL_STEPS: u32 = 20;
 const DEFAULT_SEEDS: u64 = 3000;
 
-/// splitmix64: small, fast and good enough for fault injection.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(self.range(lo, hi))
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
-        if items.is_empty() {
-            return None;
-        }
-        Some(items[self.range(0, items.len() as u64 - 1) as usize])
-    }
-}
+use common::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Health {

@@ -10,6 +10,8 @@
 //! The figures (makespans, backups) are printed with `--nocapture`; `QUERN_SIM_TRACE=1`
 //! prints every command. Scripted tests of the individual rules follow the simulation.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -21,23 +23,7 @@ const STEP: Duration = Duration::from_millis(50);
 const HEARTBEAT: Duration = Duration::from_millis(250);
 const SLOWDOWN: u32 = 10;
 
-/// splitmix64.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next_u64() % (hi - lo + 1))
-    }
-}
+use common::Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {
