@@ -251,7 +251,7 @@ impl Sink for SortBuffer<'_> {
 
 /// Map-only output: `key ++ value` in emit order, straight to a file.
 struct DirectSink {
-    file: Option<FileWriter>,
+    file: FileWriter,
     out: Vec<u8>,
     error: Option<Error>,
     records: u128,
@@ -265,10 +265,8 @@ impl Sink for DirectSink {
         self.records += 1;
         if self.out.len() >= CHUNK && self.error.is_none() {
             let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK + 4096));
-            if let Some(file) = self.file.as_mut() {
-                if let Err(e) = file.write(chunk) {
-                    self.error = Some(e);
-                }
+            if let Err(e) = self.file.write(chunk) {
+                self.error = Some(e);
             }
         }
     }
@@ -354,7 +352,7 @@ pub fn run_map_only(
     let data = SplitData::open(input, split, format)?;
     let mut records = data.records(input, split, format);
     let mut sink = DirectSink {
-        file: Some(io.create(out_path)?),
+        file: io.create(out_path)?,
         out: Vec::with_capacity(CHUNK + 4096),
         error: None,
         records: 0,
@@ -375,22 +373,24 @@ pub fn run_map_only(
     if control.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    if let Some(e) = sink.error.take() {
+    let DirectSink {
+        mut file,
+        out,
+        error,
+        records,
+    } = sink;
+    if let Some(e) = error {
         return Err(e);
     }
-    let mut file = sink
-        .file
-        .take()
-        .ok_or_else(|| Error::Uring("writer gone".into()))?;
-    if !sink.out.is_empty() {
-        file.write(std::mem::take(&mut sink.out))?;
+    if !out.is_empty() {
+        file.write(out)?;
     }
     let bytes = file.finish(true)?;
     counters.add("map.input.records", records_in);
     if skipped > 0 {
         counters.add("map.skipped.records", skipped);
     }
-    counters.add("map.output.records", sink.records);
+    counters.add("map.output.records", records);
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)
 }
