@@ -22,6 +22,7 @@ pub mod local;
 pub mod map;
 pub mod output;
 pub mod reduce;
+pub mod report;
 
 pub use error::{Error, Result};
 pub use input::{expand_inputs, Split};

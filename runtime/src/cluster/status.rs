@@ -1,0 +1,1 @@
+//! The coordinator's HTTP status page (being built).
