@@ -31,6 +31,7 @@ use quern_shuffle::wire::JobSpec;
 use quern_shuffle::Secret;
 
 use crate::gensort::RECORD_LEN;
+use crate::progress::Progress;
 use crate::registry::{factory, JobDescriptor};
 use crate::tera::{self, TeraSort};
 
@@ -82,7 +83,11 @@ pub struct RunArgs {
     /// instead of refusing the existing output.
     #[arg(long, requires = "coordinator")]
     resume: bool,
-    /// Print no summary on stderr.
+    /// Write the job's report into DIR: report.json, one .hgrm per latency histogram, and
+    /// report.html (task timeline, rates, percentile curves). Needs a cluster run.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["sequential", "in_process"])]
+    report: Option<PathBuf>,
+    /// Print no progress bars and no summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
     /// Log what the cluster does, and the local cluster's process ids.
@@ -186,6 +191,10 @@ enum Command {
         /// Continue the job recorded in this journal (OUTPUT/_journal) after a crash.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Address of the HTTP status page (read-only; port 0: any free port). Keep it on
+        /// loopback unless the page should be reachable from other hosts.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        status: SocketAddr,
         #[command(flatten)]
         daemon: DaemonArgs,
     },
@@ -211,6 +220,14 @@ enum Command {
         no_local_reads: bool,
         #[command(flatten)]
         daemon: DaemonArgs,
+    },
+    /// Print a saved job report (written with --report DIR) and re-render its files.
+    Report {
+        /// The report directory (holding report.json).
+        dir: PathBuf,
+        /// Only print the summary; do not rewrite report.html and the .hgrm files.
+        #[arg(long)]
+        no_render: bool,
     },
     /// Write a new random cluster secret to FILE (mode 0600).
     Secret {
@@ -346,32 +363,32 @@ fn read_secret(path: &Path) -> Result<Secret, Error> {
     Secret::from_file(path).map_err(|e| Error::Usage(e.to_string()))
 }
 
-fn summary(run: &RunArgs, name: &str, report: &JobReport) {
-    if run.quiet {
-        return;
+/// Prints the job summary (unless `-q`) and writes `--report DIR`.
+fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
+    if let Some(dir) = &run.report {
+        let r = report.report.as_ref().ok_or_else(|| {
+            Error::JobFailed("the job succeeded but its report is missing".into())
+        })?;
+        quern_runtime::report::write_dir(r, dir)?;
     }
-    let c = &report.counters;
-    let secs = report.elapsed.as_secs_f64();
-    let bytes_in = c.get("map.input.bytes");
-    eprintln!(
-        "quern {name}: {} map tasks, {} reduce tasks, {} records in, {} bytes out, {:.2} s ({:.1} MB/s in)",
-        report.map_tasks,
-        report.reduce_tasks,
-        c.get("map.input.records"),
-        c.get("output.bytes"),
-        secs,
-        bytes_in as f64 / secs.max(1e-9) / 1e6,
-    );
-    if c.get("attempts.map") > 0 {
-        eprintln!(
-            "quern {name}: attempts: {} map, {} reduce, {} failed, {} lost; backups: {} launched, {} won",
-            c.get("attempts.map"),
-            c.get("attempts.reduce"),
-            c.get("attempts.failed"),
-            c.get("attempts.lost"),
-            c.get("backups.launched"),
-            c.get("backups.won"),
-        );
+    if run.quiet {
+        return Ok(());
+    }
+    match &report.report {
+        Some(r) => eprintln!("{}", r.summary()),
+        // --sequential and --in-process measure no latencies.
+        None => {
+            let c = &report.counters;
+            let secs = report.elapsed.as_secs_f64();
+            eprintln!(
+                "quern {name}: {} map tasks, {} reduce tasks, {} records in, {} bytes out, {secs:.2} s ({:.1} MB/s in)",
+                report.map_tasks,
+                report.reduce_tasks,
+                c.get("map.input.records"),
+                c.get("output.bytes"),
+                c.get("map.input.bytes") as f64 / secs.max(1e-9) / 1e6,
+            );
+        }
     }
     if !report.skipped.is_empty() {
         let list: Vec<String> = report
@@ -385,6 +402,7 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) {
             list.join(", ")
         );
     }
+    Ok(())
 }
 
 /// A planned job, ready to run in any mode.
@@ -452,8 +470,12 @@ impl RunArgs {
             skip_bad_records: self.skip_bad_records,
             resume: self.resume,
         };
+        let mut progress = Progress::new(job.name, self.quiet, self.verbose);
+        let mut events = |e| progress.event(e);
         if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
-            return cluster::client::submit(addr, &read_secret(secret)?, spec);
+            let report = cluster::client::submit(addr, &read_secret(secret)?, spec, &mut events);
+            progress.finish();
+            return report;
         }
         let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
         let workers = self.workers.unwrap_or(cores as usize).max(1);
@@ -466,7 +488,9 @@ impl RunArgs {
             );
         }
         let secret = read_secret(local.secret_file())?;
-        cluster::client::submit(local.addr(), &secret, spec)
+        let report = cluster::client::submit(local.addr(), &secret, spec, &mut events);
+        progress.finish();
+        report
     }
 }
 
@@ -477,6 +501,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             secret_file,
             heartbeat_timeout,
             resume,
+            status,
             daemon,
         } => {
             init_logging(daemon.verbose);
@@ -491,10 +516,14 @@ fn run(command: Command) -> Result<Outcome, Error> {
             cluster::coordinator::run(
                 listen,
                 &secret,
-                CoordinatorConfig { heartbeat_timeout },
+                CoordinatorConfig {
+                    heartbeat_timeout,
+                    status,
+                },
                 resume,
-                |addr| {
+                |addr, status| {
                     println!("quern coordinator listening on {addr}");
+                    println!("quern coordinator status page at {status}");
                     let _ = std::io::stdout().flush();
                 },
             )?;
@@ -532,6 +561,14 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 factory: factory(),
             };
             cluster::worker::run(config, &secret)?;
+            Ok(Outcome::Ok)
+        }
+        Command::Report { dir, no_render } => {
+            let report = quern_runtime::report::load_dir(&dir)?;
+            if !no_render {
+                quern_runtime::report::write_dir(&report, &dir)?;
+            }
+            println!("{}", report.summary());
             Ok(Outcome::Ok)
         }
         Command::Journal { file } => {
@@ -575,7 +612,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 reducers: 0,
             };
             let report = run.execute(job, &output)?;
-            summary(&run, "teragen", &report);
+            summary(&run, "teragen", &report)?;
             println!("Records: {}", report.counters.get(tera::RECORDS));
             println!("Checksum: {:x}", report.counters.get(tera::CHECKSUM));
             Ok(Outcome::Ok)
@@ -600,7 +637,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 reducers,
             };
             let report = run.execute(job, &output)?;
-            summary(&run, "terasort", &report);
+            summary(&run, "terasort", &report)?;
             Ok(Outcome::Ok)
         }
         Command::Teravalidate {
@@ -618,7 +655,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 reducers: 1,
             };
             let (report, _scratch) = run_to(&run, job, output)?;
-            summary(&run, "teravalidate", &report);
+            summary(&run, "teravalidate", &report)?;
             let c = &report.counters;
             let mut stdout = std::io::stdout().lock();
             let problems = cat_parts(&report.parts, &mut stdout)?;
@@ -657,7 +694,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             };
             let printing = output.is_none();
             let (report, _scratch) = run_to(&run, job, output)?;
-            summary(&run, "grep", &report);
+            summary(&run, "grep", &report)?;
             if printing {
                 cat_parts(&report.parts, &mut std::io::stdout().lock())?;
             }
@@ -680,7 +717,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 plan: plan(InputFormat::Lines, expand_inputs(&inputs)?, run.split_size)?,
             };
             let report = run.execute(job, &output)?;
-            summary(&run, "wc", &report);
+            summary(&run, "wc", &report)?;
             Ok(Outcome::Ok)
         }
         Command::Index {
@@ -699,7 +736,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 plan: plan(InputFormat::Lines, files, run.split_size)?,
             };
             let report = run.execute(job, &output)?;
-            summary(&run, "index", &report);
+            summary(&run, "index", &report)?;
             Ok(Outcome::Ok)
         }
     }

@@ -5,6 +5,7 @@
 //! - [`grep`]: regex search in input order, and `-c` counts.
 //! - [`text`]: word count and inverted index over Unicode words.
 //! - [`registry`]: serialisable job descriptors and the factory workers build jobs with.
+//! - [`progress`]: progress bars on a terminal.
 //! - [`cli`]: argument parsing, job setup, execution modes, summaries and exit codes.
 //!
 //! Jobs only implement [`quern_runtime::Job`]; they know nothing of files, threads or I/O.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod gensort;
 pub mod grep;
+pub mod progress;
 pub mod registry;
 pub mod tera;
 pub mod text;

@@ -75,6 +75,9 @@ pub enum Error {
     /// The io_uring backend could not be started or stopped responding.
     #[error("io_uring: {0}")]
     Uring(String),
+    /// A job report, or a histogram inside one, could not be decoded or is malformed.
+    #[error("report: {0}")]
+    Report(String),
 }
 
 impl Error {

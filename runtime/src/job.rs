@@ -158,6 +158,7 @@ pub struct TaskControl {
     cancelled: AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
+    written: AtomicU64,
     current: AtomicU64,
     skip: Vec<u64>,
     faults: Faults,
@@ -235,9 +236,19 @@ impl TaskControl {
         self.done.store(done, Ordering::Relaxed);
     }
 
-    /// Adds `n` bytes of work done.
-    pub fn add_done(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::Relaxed);
+    /// Counts `n` bytes of final output handed to the output file.
+    pub fn add_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes of final output written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Sets the work done, bytes.
+    pub fn set_done(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
     }
 
     /// Sets the total amount of work, bytes.

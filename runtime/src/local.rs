@@ -51,6 +51,8 @@ pub struct JobReport {
     pub elapsed: Duration,
     /// Records skipped as bad (`--skip-bad-records`): input name and byte offset.
     pub skipped: Vec<(String, u64)>,
+    /// What the job measured (attempt timeline, rates, latency histograms).
+    pub report: Option<crate::report::Report>,
 }
 
 /// The splits of a job, ready to run.
@@ -110,6 +112,7 @@ pub fn run_planned(
                 parts,
                 elapsed: started.elapsed(),
                 skipped: Vec::new(),
+                report: None,
             })
         }
         Err(e) => {

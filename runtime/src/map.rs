@@ -250,14 +250,15 @@ impl Sink for SortBuffer<'_> {
 }
 
 /// Map-only output: `key ++ value` in emit order, straight to a file.
-struct DirectSink {
+struct DirectSink<'c> {
+    control: &'c TaskControl,
     file: FileWriter,
     out: Vec<u8>,
     error: Option<Error>,
     records: u128,
 }
 
-impl Sink for DirectSink {
+impl Sink for DirectSink<'_> {
     #[inline]
     fn emit(&mut self, key: &[u8], value: &[u8]) {
         self.out.extend_from_slice(key);
@@ -265,6 +266,7 @@ impl Sink for DirectSink {
         self.records += 1;
         if self.out.len() >= CHUNK && self.error.is_none() {
             let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK + 4096));
+            self.control.add_written(chunk.len() as u64);
             if let Err(e) = self.file.write(chunk) {
                 self.error = Some(e);
             }
@@ -352,6 +354,7 @@ pub fn run_map_only(
     let data = SplitData::open(input, split, format)?;
     let mut records = data.records(input, split, format);
     let mut sink = DirectSink {
+        control,
         file: io.create(out_path)?,
         out: Vec::with_capacity(CHUNK + 4096),
         error: None,
@@ -374,6 +377,7 @@ pub fn run_map_only(
         return Err(Error::Cancelled);
     }
     let DirectSink {
+        control: _,
         mut file,
         out,
         error,
@@ -383,6 +387,7 @@ pub fn run_map_only(
         return Err(e);
     }
     if !out.is_empty() {
+        control.add_written(out.len() as u64);
         file.write(out)?;
     }
     let bytes = file.finish(true)?;

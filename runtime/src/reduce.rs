@@ -7,6 +7,7 @@
 //! key's values reach `reduce` in ascending bytewise order regardless of which map produced
 //! them.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
@@ -114,11 +115,17 @@ struct Cursor<'a> {
     value: &'a [u8],
     run: usize,
     segment: &'a Segment,
-    control: &'a TaskControl,
+    /// Bytes of input merged so far, over all cursors (progress for speculation).
+    merged: &'a Cell<u64>,
+    /// Bytes credited to `merged` per record of the current block; the block's remainder is
+    /// credited when the cursor leaves it.
+    per_record: u64,
+    /// Bytes of the current block (frame) not yet credited.
+    uncredited: u64,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(segment: &'a Segment, run: usize, control: &'a TaskControl) -> Result<Option<Self>> {
+    fn new(segment: &'a Segment, run: usize, merged: &'a Cell<u64>) -> Result<Option<Self>> {
         let mut c = Cursor {
             frames: FrameIter::new(segment.bytes()),
             block: None,
@@ -128,26 +135,32 @@ impl<'a> Cursor<'a> {
             value: &[],
             run,
             segment,
-            control,
+            merged,
+            per_record: 0,
+            uncredited: 0,
         };
         Ok(if c.load_block()? { Some(c) } else { None })
     }
 
     /// Moves to the next non-empty block; false at the end of the segment.
     fn load_block(&mut self) -> Result<bool> {
+        self.merged.set(self.merged.get() + self.uncredited);
+        self.uncredited = 0;
         loop {
             let at = self.frames.position() as u64;
             let next = self.frames.next();
-            self.control.add_done(self.frames.position() as u64 - at);
+            let bytes = self.frames.position() as u64 - at;
             match next {
                 None => return Ok(false),
                 Some(Err(source)) => return Err(self.segment.corrupt(at, source)),
-                Some(Ok(block)) if block.is_empty() => continue,
+                Some(Ok(block)) if block.is_empty() => self.merged.set(self.merged.get() + bytes),
                 Some(Ok(block)) => {
                     (self.key, self.value) = block.record(0);
                     self.prefix = key_prefix(self.key);
                     self.block = Some(block);
                     self.idx = 0;
+                    self.per_record = bytes / block.len() as u64;
+                    self.uncredited = bytes;
                     return Ok(true);
                 }
             }
@@ -159,6 +172,8 @@ impl<'a> Cursor<'a> {
         let Some(block) = self.block else {
             return Ok(false);
         };
+        self.merged.set(self.merged.get() + self.per_record);
+        self.uncredited -= self.per_record;
         self.idx += 1;
         if self.idx < block.len() {
             (self.key, self.value) = block.record(self.idx);
@@ -201,9 +216,10 @@ pub fn reduce_segments(
     control: &TaskControl,
 ) -> Result<Counters> {
     control.set_progress(0, segments.iter().map(|s| s.bytes().len() as u64).sum());
+    let merged = Cell::new(0);
     let mut heap = BinaryHeap::with_capacity(segments.len());
     for (run, segment) in segments.iter().enumerate() {
-        if let Some(c) = Cursor::new(segment, run, control)? {
+        if let Some(c) = Cursor::new(segment, run, &merged)? {
             heap.push(c);
         }
     }
@@ -231,11 +247,13 @@ pub fn reduce_segments(
             if control.is_cancelled() {
                 return Err(Error::Cancelled);
             }
+            control.set_done(merged.get());
             pacer.pace();
         }
         let mut ctx = ReduceContext::new(&mut buf, &mut counters);
         job.reduce(key, &mut values.iter().copied(), &mut ctx);
         if buf.len() >= CHUNK {
+            control.add_written(buf.len() as u64);
             out.write(std::mem::replace(
                 &mut buf,
                 Vec::with_capacity(CHUNK + (64 << 10)),
@@ -243,8 +261,10 @@ pub fn reduce_segments(
         }
     }
     if !buf.is_empty() {
+        control.add_written(buf.len() as u64);
         out.write(buf)?;
     }
+    control.set_done(merged.get());
     counters.add("reduce.input.keys", keys);
     counters.add("reduce.input.records", records);
     Ok(counters)
@@ -279,4 +299,87 @@ pub fn reduce_to_file(
     let bytes = out.finish(true)?;
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use quern_shuffle::block::BlockWriter;
+
+    use super::*;
+    use crate::job::{InputFormat, MapContext, Record};
+
+    /// Counts values per key and samples the attempt's progress at every key.
+    struct Sampler {
+        control: Arc<TaskControl>,
+        samples: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Job for Sampler {
+        fn name(&self) -> &str {
+            "sampler"
+        }
+        fn input_format(&self) -> InputFormat {
+            InputFormat::Lines
+        }
+        fn map(&self, _: &Record<'_>, _: &mut MapContext<'_>) {}
+        fn reduce(
+            &self,
+            _key: &[u8],
+            values: &mut dyn Iterator<Item = &[u8]>,
+            ctx: &mut ReduceContext<'_>,
+        ) {
+            ctx.write(format!("{}\n", values.count()).as_bytes());
+            if let Ok(mut s) = self.samples.lock() {
+                s.push(self.control.progress());
+            }
+        }
+    }
+
+    /// One segment holding a single large block of `n` records.
+    fn one_block_segment(n: u32) -> Segment {
+        let mut bytes = Vec::new();
+        let mut w = BlockWriter::new(usize::MAX);
+        for i in 0..n {
+            w.push(&i.to_be_bytes(), b"v", &mut bytes).expect("push");
+        }
+        w.flush(&mut bytes).expect("flush");
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&bytes);
+        Segment::fetched(PathBuf::from("test"), 0, aligned)
+    }
+
+    #[test]
+    fn reduce_progress_advances_per_record_not_per_block() {
+        let control = Arc::new(TaskControl::default());
+        let job = Sampler {
+            control: control.clone(),
+            samples: Mutex::new(Vec::new()),
+        };
+        let segments = [one_block_segment(10_000), one_block_segment(3)];
+        let total: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let io = crate::io::IoService::std();
+        reduce_to_file(&job, &segments, &dir.path().join("part"), &io, &control).expect("reduce");
+        let samples = job.samples.into_inner().expect("samples");
+        assert_eq!(samples.len(), 10_000);
+        assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "monotone");
+        assert!(samples.iter().all(|&(_, t)| t == total));
+        // With the whole segment in one block, progress must still move through the merge:
+        // samples strictly between 0 and the total, spread over it.
+        let inside = samples.iter().filter(|(d, _)| *d > 0 && *d < total).count();
+        // Progress is published every 1024 keys.
+        assert!(inside > 8_000, "{inside} samples inside (0, {total})");
+        let mid = samples[5_000].0 as f64 / total as f64;
+        assert!(
+            (0.3..0.7).contains(&mid),
+            "halfway through, progress {mid:.2}"
+        );
+        assert_eq!(
+            control.progress(),
+            (total, total),
+            "all work credited at the end"
+        );
+    }
 }

@@ -832,10 +832,28 @@ impl Scheduler {
         // The task is committed now, so ending the losers leaves its state alone.
         for loser in previous {
             if loser != attempt {
+                self.note_loser_rate(now, loser);
                 self.cancel_attempt(loser, CancelReason::Superseded);
             }
         }
         self.finish_if_done();
+    }
+
+    /// Keeps what a superseded attempt showed of its worker's speed: without this, a
+    /// straggler whose only attempt lost to a backup has no rate data, is not slow, and is
+    /// handed the next task. Attempts younger than `min_runtime` (fresh backups) say nothing.
+    fn note_loser_rate(&mut self, now: Duration, loser: AttemptId) {
+        let Some(a) = self.attempts.get(&loser) else {
+            return;
+        };
+        if now.saturating_sub(a.started) < self.config.min_runtime {
+            return;
+        }
+        if let Some((rate, _)) = estimate(a, now) {
+            let (sum, n) = self.worker_rates.entry(a.worker).or_insert((0.0, 0));
+            *sum += rate;
+            *n += 1;
+        }
     }
 
     /// Running attempt `attempt` failed: attempt → `Failed`, task → `Idle` if it was its last
@@ -1053,13 +1071,24 @@ impl Scheduler {
 
     /// The newest running reduce attempt: it has likely made the least progress.
     fn preemption_victim(&self) -> Option<AttemptId> {
+        self.reduce_to_preempt(|_| true).map(|(attempt, _)| attempt)
+    }
+
+    /// The newest running reduce attempt on a worker `allowed` accepts, and that worker.
+    fn reduce_to_preempt(
+        &self,
+        allowed: impl Fn(WorkerId) -> bool,
+    ) -> Option<(AttemptId, WorkerId)> {
         self.reduces
             .iter()
             .filter_map(|r| match &r.state {
-                ReduceState::Running { attempts } => attempts.last().copied(),
+                ReduceState::Running { attempts } => attempts.iter().rev().find_map(|id| {
+                    let worker = self.attempts.get(id)?.worker;
+                    allowed(worker).then_some((*id, worker))
+                }),
                 _ => None,
             })
-            .max()
+            .max_by_key(|(attempt, _)| *attempt)
     }
 
     // --- speculation ----------------------------------------------------------------------
@@ -1068,7 +1097,10 @@ impl Scheduler {
     /// slots; called only when no task of `phase` is idle. See "Speculation" in the crate
     /// docs for the rules.
     fn speculate(&mut self, now: Duration, phase: Phase) {
-        if !self.config.speculation || self.pick_worker().is_none() {
+        // A map backup may take a reduce's slot (below), so it needs no free slot.
+        let room = self.pick_worker().is_some()
+            || (phase == Phase::Map && self.preemption_victim().is_some());
+        if !self.config.speculation || !room {
             return;
         }
         // What a new attempt is expected to take: the mean duration of the attempts of this
@@ -1152,10 +1184,20 @@ impl Scheduler {
             if backups >= cap {
                 break;
             }
-            let Some(worker) =
-                self.pick_worker_where(|w| w != c.worker && !slow_workers.contains(&w))
-            else {
-                continue;
+            let allowed = |w: WorkerId| w != c.worker && !slow_workers.contains(&w);
+            let worker = match self.pick_worker_where(allowed) {
+                Some(worker) => worker,
+                // Reducers may hold every slot while they wait for this very map: no reduce
+                // can finish before it, so one of them gives its slot to the backup (it goes
+                // back to idle and is placed again when a slot frees).
+                None if phase == Phase::Map => {
+                    let Some((victim, worker)) = self.reduce_to_preempt(allowed) else {
+                        continue;
+                    };
+                    self.cancel_attempt(victim, CancelReason::Preempted);
+                    worker
+                }
+                None => continue,
             };
             let reason = c.reason(phase, slow_rate, expected, self.config.slow_task_percentile);
             self.launch(now, c.task, worker, Some(reason));

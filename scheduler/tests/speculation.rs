@@ -651,3 +651,45 @@ fn a_reduce_that_waited_for_map_output_is_not_slow() {
         "{commands:?}"
     );
 }
+
+#[test]
+fn a_straggling_map_takes_a_reducers_slot_for_its_backup_and_its_worker_stays_slow() {
+    // Map 0 crawls on W0; maps 1 and 2 commit early and reduces 0 and 1 take their slots
+    // (attempts 3 and 4). Every reduce waits for map 0, so at 1 s — map 0 old enough — the
+    // newest reduce gives its slot to map 0's backup.
+    let mut h = Harness::new(Config::new(3, 2), &[W0, W1, W2]);
+    h.progress(ms(500), W0, 0, 0.05);
+    h.progress(ms(500), W1, 1, 0.5);
+    h.progress(ms(500), W2, 2, 0.5);
+    h.ok(ms(600), 1);
+    h.ok(ms(700), 2);
+    let commands = h.event(ms(1000), Event::Tick);
+    assert!(
+        matches!(
+            &commands[..],
+            [
+                Command::Cancel { attempt, worker: W2 },
+                Command::Assign { task, worker: W2, backup: Some(_), .. },
+            ] if *attempt == a(4) && *task == TaskId::map(0)
+        ),
+        "{commands:?}"
+    );
+    assert_eq!(
+        h.s.attempt(a(4)).map(|x| &x.state),
+        Some(&AttemptState::Cancelled {
+            reason: quern_scheduler::CancelReason::Preempted
+        })
+    );
+    // The backup wins. W0's lost attempt still shows W0 is slow: reduce 1 goes to W2, not to
+    // the straggler that has just been freed (and has the lowest id).
+    let commands = h.ok(ms(1200), 5);
+    let reduce = commands.iter().find_map(|c| match c {
+        Command::Assign { task, worker, .. } if *task == TaskId::reduce(1) => Some(*worker),
+        _ => None,
+    });
+    assert_eq!(reduce, Some(W2), "{commands:?}");
+    assert!(commands.contains(&Command::Cancel {
+        attempt: a(0),
+        worker: W0
+    }));
+}

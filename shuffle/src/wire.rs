@@ -143,6 +143,28 @@ pub struct ProgressMsg {
     pub total: u64,
 }
 
+/// Bytes a worker has moved for one job so far (cumulative; for the rate plots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JobIoMsg {
+    /// The job.
+    pub job: u64,
+    /// Map input bytes read.
+    pub input: u64,
+    /// Shuffle bytes fetched by its reducers.
+    pub shuffle: u64,
+    /// Output bytes written.
+    pub output: u64,
+}
+
+/// A latency histogram an attempt recorded, in hdrhistogram's V2 serialization.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct HistogramMsg {
+    /// Its name (see `quern_runtime::report::hist`).
+    pub name: String,
+    /// V2-serialized histogram (untrusted: decoded with error checking).
+    pub v2: Vec<u8>,
+}
+
 /// Worker → coordinator, after registration.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ToCoordinator {
@@ -150,6 +172,8 @@ pub enum ToCoordinator {
     Heartbeat {
         /// Progress of every running attempt.
         progress: Vec<ProgressMsg>,
+        /// Bytes moved so far, per job this worker knows.
+        io: Vec<JobIoMsg>,
     },
     /// An attempt finished; for a map of a job with reducers, `runs` is its output.
     Finished {
@@ -161,6 +185,10 @@ pub enum ToCoordinator {
         counters: Vec<CounterMsg>,
         /// Map output on this worker's disk.
         runs: Vec<RunMsg>,
+        /// Latencies the attempt recorded (its duration, its fetches).
+        histograms: Vec<HistogramMsg>,
+        /// The worker's byte counts for the job as the attempt ended (as in heartbeats).
+        io: Vec<JobIoMsg>,
     },
     /// An attempt failed.
     Failed {
@@ -283,6 +311,19 @@ pub enum ToClient {
     Accepted {
         /// Job id.
         job: u64,
+        /// The coordinator's HTTP status page (`http://...`), empty if it has none.
+        status: String,
+    },
+    /// Tasks committed so far (sent a few times a second while the job runs).
+    Progress {
+        /// Map tasks committed.
+        maps_done: u32,
+        /// Map tasks.
+        maps: u32,
+        /// Reduce tasks committed.
+        reduces_done: u32,
+        /// Reduce tasks.
+        reduces: u32,
     },
     /// The job committed its output.
     Done {
@@ -296,6 +337,8 @@ pub enum ToClient {
         reduce_tasks: u32,
         /// Records skipped as bad: `(input name, byte offset)`.
         skipped: Vec<(String, u64)>,
+        /// The job's report (`quern_runtime::report::Report` as JSON).
+        report: String,
     },
     /// The job failed; no output was committed.
     Failed {
@@ -430,6 +473,16 @@ mod tests {
                 value: u128::MAX,
             }],
             runs: vec![],
+            histograms: vec![HistogramMsg {
+                name: "map_attempt".into(),
+                v2: vec![1, 2, 3],
+            }],
+            io: vec![JobIoMsg {
+                job: 1,
+                input: 2,
+                shuffle: 3,
+                output: 4,
+            }],
         };
         assert_eq!(
             decode_msg::<ToCoordinator>(&encode_msg(&c).unwrap()).unwrap(),

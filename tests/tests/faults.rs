@@ -710,7 +710,6 @@ fn straggler_round(
 }
 
 #[test]
-#[ignore = "known gap (issue 4 open): the straggler receives a reduce after its map is backed up, and reduce progress is too coarse to back it up; run with --ignored"]
 fn straggler_speculation_keeps_the_job_fast() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -873,7 +872,6 @@ fn reduces(args: &[String]) -> u64 {
 /// it was old enough to be a candidate (reducers wait for that very map, so the job would
 /// otherwise wait for the straggler, however slow).
 #[test]
-#[ignore = "known gap (issue 4 open): no slot is freed (reducer preemption) for a backup of a straggling map; run with --ignored"]
 fn straggling_map_is_backed_up_when_reducers_hold_the_slots() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -10,18 +10,48 @@ use quern_shuffle::Secret;
 
 use super::{counters_from_msg, net_err, MAX_FRAME};
 use crate::local::JobReport;
+use crate::report::Report;
 use crate::{Error, Result};
 
-/// Submits `spec` to the coordinator at `coordinator` and waits until the job ends.
-/// Ctrl-C abandons the job: the coordinator sees the client go and aborts it.
-pub fn submit(coordinator: SocketAddr, secret: &Secret, spec: JobSpec) -> Result<JobReport> {
+/// What a client hears about its job before the result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    /// The coordinator accepted the job; `status` is its status page URL (may be empty).
+    Accepted {
+        /// Job id.
+        job: u64,
+        /// `http://...` of the coordinator's status page.
+        status: String,
+    },
+    /// Tasks committed so far.
+    Progress {
+        /// Map tasks committed.
+        maps_done: u32,
+        /// Map tasks.
+        maps: u32,
+        /// Reduce tasks committed.
+        reduces_done: u32,
+        /// Reduce tasks.
+        reduces: u32,
+    },
+}
+
+/// Submits `spec` to the coordinator at `coordinator` and waits until the job ends, telling
+/// `events` how it goes. Ctrl-C abandons the job: the coordinator sees the client go and
+/// aborts it.
+pub fn submit(
+    coordinator: SocketAddr,
+    secret: &Secret,
+    spec: JobSpec,
+    events: &mut dyn FnMut(JobEvent),
+) -> Result<JobReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     rt.block_on(async {
         tokio::select! {
-            r = submit_async(coordinator, secret, spec) => r,
+            r = submit_async(coordinator, secret, spec, events) => r,
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
         }
     })
@@ -31,6 +61,7 @@ async fn submit_async(
     coordinator: SocketAddr,
     secret: &Secret,
     spec: JobSpec,
+    events: &mut dyn FnMut(JobEvent),
 ) -> Result<JobReport> {
     let started = Instant::now();
     let bind: SocketAddr = if coordinator.is_ipv4() {
@@ -64,22 +95,45 @@ async fn submit_async(
             ));
         };
         match decode_msg::<ToClient>(&frame).map_err(net_err)? {
-            ToClient::Accepted { job } => tracing::info!("job {job} accepted by {coordinator}"),
+            ToClient::Accepted { job, status } => {
+                tracing::info!("job {job} accepted by {coordinator}");
+                events(JobEvent::Accepted { job, status });
+            }
+            ToClient::Progress {
+                maps_done,
+                maps,
+                reduces_done,
+                reduces,
+            } => events(JobEvent::Progress {
+                maps_done,
+                maps,
+                reduces_done,
+                reduces,
+            }),
             ToClient::Done {
                 counters,
                 parts,
                 map_tasks,
                 reduce_tasks,
                 skipped,
+                report,
             } => {
+                let report = match serde_json::from_str::<Report>(&report) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!("the coordinator's job report is unreadable: {e}");
+                        None
+                    }
+                };
                 break Ok(JobReport {
+                    report,
                     counters: counters_from_msg(&counters),
                     map_tasks: map_tasks as usize,
                     reduce_tasks: reduce_tasks as usize,
                     parts: parts.into_iter().map(PathBuf::from).collect(),
                     elapsed: started.elapsed(),
                     skipped,
-                })
+                });
             }
             ToClient::Failed { reason, user_error } => {
                 break Err(if user_error {

@@ -18,19 +18,24 @@ use std::time::{Duration, Instant};
 
 use quern_scheduler::journal::{JournalEvent, Record};
 use quern_scheduler::{
-    AttemptId, AttemptState, Command, Config, Event, Phase, Scheduler, TaskId, WorkerId,
+    AttemptId, AttemptState, Command, Config, Event, Phase, Scheduler, TaskId, TaskState, WorkerId,
 };
 use quern_shuffle::net;
 use quern_shuffle::wire::{
-    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, JobSpec, MapLocation, RunMsg,
-    TaskMsg, ToClient, ToCoordinator, ToWorker,
+    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, HistogramMsg, JobSpec, MapLocation,
+    RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::journal::{JournalFile, JOURNAL};
+use super::metrics::JobMetrics;
+use super::status::{
+    self, FinishedJob, JobStatus, PercentileRow, PhaseCounts, Status, WorkerStatus,
+};
 use super::{counters_from_msg, counters_to_msg, net_err, MAX_FRAME};
 use crate::job::Counters;
 use crate::output::OutputDir;
+use crate::report::WorkerRecord;
 use crate::Result;
 
 /// Knobs of a coordinator.
@@ -38,15 +43,21 @@ use crate::Result;
 pub struct CoordinatorConfig {
     /// A worker silent for this long is lost.
     pub heartbeat_timeout: Duration,
+    /// Address of the HTTP status page (port 0: any free port).
+    pub status: SocketAddr,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             heartbeat_timeout: Duration::from_secs(2),
+            status: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
+
+/// Finished jobs the status page lists.
+const FINISHED_SHOWN: usize = 20;
 
 /// What connection tasks tell the owner loop.
 #[derive(Debug)]
@@ -54,6 +65,7 @@ enum Input {
     WorkerJoined {
         worker: WorkerId,
         slots: u32,
+        pid: u32,
         data_addr: SocketAddr,
         held: Vec<(u64, u64)>,
         tx: mpsc::UnboundedSender<ToWorker>,
@@ -79,6 +91,9 @@ struct WorkerConn {
     tx: mpsc::UnboundedSender<ToWorker>,
     data_addr: SocketAddr,
     slots: u32,
+    pid: u32,
+    /// When its last heartbeat arrived.
+    last_heartbeat: Instant,
     /// Map outputs `(job, attempt)` it served before joining (after a coordinator restart).
     held: Vec<(u64, u64)>,
 }
@@ -86,6 +101,7 @@ struct WorkerConn {
 struct Finished {
     counters: Vec<CounterMsg>,
     runs: Vec<RunMsg>,
+    histograms: Vec<HistogramMsg>,
 }
 
 struct RunningJob {
@@ -105,6 +121,10 @@ struct RunningJob {
     skipped: HashMap<AttemptId, Vec<u64>>,
     /// The job's journal (`OUTPUT/_journal`).
     journal: JournalFile,
+    /// Timeline, rates and latencies, for the report and the status page.
+    metrics: JobMetrics,
+    /// Committed tasks last told to the client: (maps, reduces).
+    progress_sent: (u32, u32),
 }
 
 /// A record that crashed this many attempts of its map is skipped (with --skip-bad-records).
@@ -116,6 +136,20 @@ struct Coordinator {
     job: Option<RunningJob>,
     queue: VecDeque<Queued>,
     next_job: u64,
+    /// The status page's view, and what it needs beyond the state above.
+    status: StatusBoard,
+}
+
+/// What the status page shows that the coordinator would not otherwise keep.
+struct StatusBoard {
+    tx: watch::Sender<Status>,
+    /// `http://...` of the page, or empty.
+    url: String,
+    listen: String,
+    started: Instant,
+    /// Workers that left, newest last (bounded).
+    lost: VecDeque<WorkerStatus>,
+    finished: VecDeque<FinishedJob>,
 }
 
 /// A submitted job waiting for its turn.
@@ -128,19 +162,37 @@ struct Queued {
 
 /// Serves a cluster on `endpoint` until the endpoint closes. With `resume`, first continues
 /// the job recorded in that journal (its client is gone; the job commits on its own).
+/// With `status`, serves the HTTP status page on it.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     config: CoordinatorConfig,
     resume: Option<std::path::PathBuf>,
+    status: Option<tokio::net::TcpListener>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     let accept = tokio::spawn(accept_loop(endpoint.clone(), tx));
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let url = status
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or_else(String::new, |a| format!("http://{a}/"));
+    let page = status.map(|listener| tokio::spawn(status::serve(listener, status_rx)));
     let mut coord = Coordinator {
         config,
         workers: HashMap::new(),
         job: None,
         queue: VecDeque::new(),
         next_job: 1,
+        status: StatusBoard {
+            tx: status_tx,
+            url,
+            listen: endpoint
+                .local_addr()
+                .map_or_else(|_| String::new(), |a| a.to_string()),
+            started: Instant::now(),
+            lost: VecDeque::new(),
+            finished: VecDeque::new(),
+        },
     };
     if let Some(journal) = resume {
         let (tx, _) = mpsc::unbounded_channel();
@@ -154,10 +206,16 @@ pub async fn serve(
                 Some(input) => coord.handle_input(input),
                 None => break,
             },
-            _ = tick.tick() => coord.with_job(|_, now| Some((now, Event::Tick))),
+            _ = tick.tick() => {
+                coord.with_job(|_, now| Some((now, Event::Tick)));
+                coord.publish();
+            }
         }
     }
     accept.abort();
+    if let Some(page) = page {
+        page.abort();
+    }
     Ok(())
 }
 
@@ -205,6 +263,7 @@ async fn connection(
             let _ = tx.send(Input::WorkerJoined {
                 worker,
                 slots: reg.slots,
+                pid: reg.pid,
                 data_addr,
                 held: reg.held,
                 tx: wtx,
@@ -285,6 +344,7 @@ impl Coordinator {
             Input::WorkerJoined {
                 worker,
                 slots,
+                pid,
                 data_addr,
                 held,
                 tx,
@@ -299,6 +359,8 @@ impl Coordinator {
                         tx,
                         data_addr,
                         slots,
+                        pid,
+                        last_heartbeat: Instant::now(),
                         held,
                     },
                 );
@@ -313,14 +375,19 @@ impl Coordinator {
                 self.join_worker(worker, slots);
             }
             Input::WorkerGone { worker } => {
-                self.workers.remove(&worker);
+                if let Some(conn) = self.workers.remove(&worker) {
+                    self.status.lost_worker(worker, &conn);
+                }
                 self.with_job(|_, now| Some((now, Event::WorkerLost { worker })));
             }
             Input::FromWorker { worker, msg } => self.worker_message(worker, msg),
             Input::Submit { client, spec, tx } => {
                 let id = self.next_job;
                 self.next_job += 1;
-                let _ = tx.send(ToClient::Accepted { job: id });
+                let _ = tx.send(ToClient::Accepted {
+                    job: id,
+                    status: self.status.url.clone(),
+                });
                 self.queue.push_back(Queued {
                     id,
                     client,
@@ -363,9 +430,21 @@ impl Coordinator {
                 return;
             }
         }
+        if matches!(msg, ToCoordinator::Heartbeat { .. }) {
+            if let Some(conn) = self.workers.get_mut(&worker) {
+                let lag = conn.last_heartbeat.elapsed();
+                conn.last_heartbeat = Instant::now();
+                if let Some(job) = self.job.as_mut() {
+                    job.metrics.heartbeat_lag(lag);
+                }
+            }
+        }
         match msg {
-            ToCoordinator::Heartbeat { progress } => self.with_job(|job, now| {
+            ToCoordinator::Heartbeat { progress, io } => self.with_job(|job, now| {
                 let id = job.id;
+                if let Some(io) = io.iter().find(|io| io.job == id) {
+                    job.metrics.io(worker, now, io);
+                }
                 let progress = progress
                     .iter()
                     .filter(|p| p.job == id)
@@ -384,10 +463,21 @@ impl Coordinator {
                 attempt,
                 counters,
                 runs,
+                histograms,
+                io,
                 ..
             } => self.with_job(|job, now| {
-                job.finished
-                    .insert(AttemptId(attempt), Finished { counters, runs });
+                if let Some(io) = io.iter().find(|io| io.job == job.id) {
+                    job.metrics.io(worker, now, io);
+                }
+                job.finished.insert(
+                    AttemptId(attempt),
+                    Finished {
+                        counters,
+                        runs,
+                        histograms,
+                    },
+                );
                 Some((
                     now,
                     Event::AttemptSucceeded {
@@ -513,6 +603,7 @@ impl Coordinator {
                         },
                     };
                     tracing::debug!("assign {task} as {attempt} to {worker}");
+                    job.metrics.assigned(attempt);
                     let id = job.id;
                     self.send(
                         worker,
@@ -568,6 +659,10 @@ impl Coordinator {
                 Command::JobFailed { reason } => self.end_job(Err((reason, false))),
             }
         }
+        if let Some(job) = self.job.as_mut() {
+            let now = job.started.elapsed();
+            job.metrics.sweep(now, &job.sched);
+        }
         // Workers the scheduler gave up on (missed heartbeats) are disconnected: if they
         // come back they must register again, under a new id.
         if let Some(job) = &self.job {
@@ -581,6 +676,7 @@ impl Coordinator {
                 tracing::warn!("{w} missed its heartbeats: disconnecting it");
                 if let Some(conn) = self.workers.remove(&w) {
                     let _ = conn.tx.send(ToWorker::Shutdown);
+                    self.status.lost_worker(w, &conn);
                 }
             }
         }
@@ -624,6 +720,17 @@ impl Coordinator {
             return;
         };
         let id = job.id;
+        if let (Some(conn), Some(job)) = (self.workers.get(&worker), self.job.as_mut()) {
+            job.metrics.worker(
+                worker,
+                WorkerRecord {
+                    id: worker.0,
+                    addr: conn.data_addr.to_string(),
+                    pid: conn.pid,
+                    slots,
+                },
+            );
+        }
         let held: Vec<u64> = self
             .workers
             .get(&worker)
@@ -662,6 +769,9 @@ impl Coordinator {
                     worker,
                 } => {
                     let fin = job.finished.get(&attempt);
+                    if let Some(fin) = fin {
+                        job.metrics.merge(&fin.histograms);
+                    }
                     let output = CommittedOutput {
                         runs: fin.map(|f| f.runs.clone()).unwrap_or_default(),
                         counters: fin.map(|f| f.counters.clone()).unwrap_or_default(),
@@ -754,6 +864,8 @@ impl Coordinator {
                 bad_records: HashMap::new(),
                 skipped: HashMap::new(),
                 journal,
+                metrics: JobMetrics::new(),
+                progress_sent: (0, 0),
             });
         }
     }
@@ -826,6 +938,7 @@ impl Coordinator {
                     Finished {
                         counters: out.counters,
                         runs: out.runs,
+                        histograms: Vec::new(),
                     },
                 );
             }
@@ -850,6 +963,8 @@ impl Coordinator {
             bad_records: HashMap::new(),
             skipped: HashMap::new(),
             journal,
+            metrics: JobMetrics::new(),
+            progress_sent: (0, 0),
         };
         match ended {
             // The job had ended: finish what the crash interrupted (commit, or clean up).
@@ -866,6 +981,17 @@ impl Coordinator {
         let Some(job) = self.job.take() else {
             return;
         };
+        let wall = job.started.elapsed();
+        let outcome = match &result {
+            Ok(()) => "done".to_string(),
+            Err((reason, _)) => format!("failed: {reason}"),
+        };
+        self.status.finished(FinishedJob {
+            id: job.id,
+            name: job.spec.name.clone(),
+            outcome,
+            wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+        });
         // Stop whatever still runs (the scheduler already cancelled its own on JobDone).
         for (id, attempt) in job.sched.attempts() {
             if matches!(attempt.state, AttemptState::Running) {
@@ -925,13 +1051,17 @@ impl Coordinator {
                         counters.add("backups.won", u128::from(stats.backups_won));
                         counters.add("map.outputs.lost", u128::from(stats.map_outputs_lost));
                         counters.add("workers.lost", u128::from(stats.workers_lost));
-                        tracing::info!("job {} done in {:?}", job.id, job.started.elapsed());
+                        tracing::info!("job {} done in {wall:?}", job.id);
+                        let report =
+                            job.metrics
+                                .report(&job.spec.name, wall, &job.sched, &counters);
                         ToClient::Done {
                             counters: counters_to_msg(&counters),
                             parts: paths.iter().map(|p| p.display().to_string()).collect(),
                             map_tasks: job.spec.splits.len() as u32,
                             reduce_tasks: job.spec.reducers,
                             skipped,
+                            report: serde_json::to_string(&report).unwrap_or_default(),
                         }
                     }
                     Err(e) => {
@@ -955,14 +1085,137 @@ impl Coordinator {
     }
 }
 
-/// Runs a coordinator process: binds `listen`, calls `ready` with the bound address, and
-/// serves until the process is killed.
+impl Coordinator {
+    /// Refreshes the status page, and tells the client how far its job is.
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, conn)| WorkerStatus {
+                id: id.0,
+                addr: conn.data_addr.to_string(),
+                pid: conn.pid,
+                slots: conn.slots,
+                state: "alive".into(),
+                running: self
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.sched.worker(*id))
+                    .map_or(0, |w| w.running().count() as u32),
+                last_heartbeat_ms: millis(now.saturating_duration_since(conn.last_heartbeat)),
+            })
+            .chain(self.status.lost.iter().cloned())
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        let job = self.job.as_mut().map(|job| {
+            let elapsed = job.started.elapsed();
+            let count = |states: &mut dyn Iterator<Item = TaskState>| {
+                let mut c = PhaseCounts::default();
+                for state in states {
+                    c.total += 1;
+                    match state {
+                        TaskState::Idle => c.idle += 1,
+                        TaskState::Running { .. } => c.running += 1,
+                        TaskState::Committed { .. } => c.done += 1,
+                    }
+                }
+                c
+            };
+            let (maps, reduces) = (job.sched.config().maps, job.sched.config().reduces);
+            let map = count(&mut (0..maps).filter_map(|i| job.sched.task_state(TaskId::map(i))));
+            let reduce =
+                count(&mut (0..reduces).filter_map(|i| job.sched.task_state(TaskId::reduce(i))));
+            if (map.done, reduce.done) != job.progress_sent {
+                job.progress_sent = (map.done, reduce.done);
+                let _ = job.tx.send(ToClient::Progress {
+                    maps_done: map.done,
+                    maps,
+                    reduces_done: reduce.done,
+                    reduces,
+                });
+            }
+            let phase = if map.done < map.total {
+                "map"
+            } else if reduce.done < reduce.total {
+                "reduce"
+            } else {
+                "committing"
+            };
+            let [input, shuffle, output] = job.metrics.current_rates(elapsed);
+            JobStatus {
+                id: job.id,
+                name: job.spec.name.clone(),
+                elapsed_ms: millis(elapsed),
+                phase: phase.into(),
+                progress: f64::from(map.done + reduce.done)
+                    / f64::from((map.total + reduce.total).max(1)),
+                map,
+                reduce,
+                input_bytes_per_s: input,
+                shuffle_bytes_per_s: shuffle,
+                output_bytes_per_s: output,
+                backups_launched: job.sched.stats().backups_launched,
+                percentiles: job
+                    .metrics
+                    .named_histograms()
+                    .into_iter()
+                    .map(|h| PercentileRow {
+                        name: h.name,
+                        unit: h.unit,
+                        percentiles: h.percentiles,
+                    })
+                    .collect(),
+            }
+        });
+        let status = Status {
+            coordinator: self.status.listen.clone(),
+            uptime_ms: millis(self.status.started.elapsed()),
+            workers,
+            job,
+            finished: self.status.finished.iter().cloned().collect(),
+        };
+        self.status.tx.send_replace(status);
+    }
+}
+
+impl StatusBoard {
+    /// Keeps a departed worker on the page (the last few).
+    fn lost_worker(&mut self, id: WorkerId, conn: &WorkerConn) {
+        self.lost.push_back(WorkerStatus {
+            id: id.0,
+            addr: conn.data_addr.to_string(),
+            pid: conn.pid,
+            slots: conn.slots,
+            state: "lost".into(),
+            running: 0,
+            last_heartbeat_ms: millis(conn.last_heartbeat.elapsed()),
+        });
+        while self.lost.len() > FINISHED_SHOWN {
+            self.lost.pop_front();
+        }
+    }
+
+    fn finished(&mut self, job: FinishedJob) {
+        self.finished.push_back(job);
+        while self.finished.len() > FINISHED_SHOWN {
+            self.finished.pop_front();
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs a coordinator process: binds `listen` and the status page, calls `ready` with the
+/// bound address and the page's URL, and serves until the process is killed.
 pub fn run(
     listen: SocketAddr,
     secret: &quern_shuffle::Secret,
     config: CoordinatorConfig,
     resume: Option<std::path::PathBuf>,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(SocketAddr, &str),
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -975,7 +1228,11 @@ pub fn run(
         let addr = endpoint
             .local_addr()
             .map_err(|e| crate::Error::io("endpoint", e))?;
-        ready(addr);
-        serve(endpoint, config, resume).await
+        let page = status::bind(config.status).await?;
+        let url = page
+            .local_addr()
+            .map_err(|e| crate::Error::io("status page", e))?;
+        ready(addr, &format!("http://{url}/"));
+        serve(endpoint, config, resume, Some(page)).await
     })
 }

@@ -31,6 +31,7 @@ pub struct LocalCluster {
     coordinator: Child,
     workers: Arc<Mutex<Vec<Child>>>,
     addr: SocketAddr,
+    status_url: String,
     secret_file: PathBuf,
     stopping: Arc<AtomicBool>,
     respawns: Arc<AtomicU32>,
@@ -129,8 +130,8 @@ impl LocalCluster {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| Error::io(exe, e))?;
-        let addr = match read_address(&mut coordinator) {
-            Ok(addr) => addr,
+        let (addr, status_url) = match read_address(&mut coordinator) {
+            Ok(greeting) => greeting,
             Err(e) => {
                 let _ = coordinator.kill();
                 let _ = coordinator.wait();
@@ -148,6 +149,7 @@ impl LocalCluster {
             coordinator,
             workers: Arc::new(Mutex::new(Vec::new())),
             addr,
+            status_url,
             secret_file,
             stopping: Arc::new(AtomicBool::new(false)),
             respawns: Arc::new(AtomicU32::new(0)),
@@ -188,6 +190,11 @@ impl LocalCluster {
         self.addr
     }
 
+    /// The coordinator's status page, `http://127.0.0.1:PORT/`.
+    pub fn status_url(&self) -> &str {
+        &self.status_url
+    }
+
     /// The secret file the cluster was started with.
     pub fn secret_file(&self) -> &Path {
         &self.secret_file
@@ -223,24 +230,31 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Reads the coordinator's "listening on ADDR" line, waiting at most 10 s.
-fn read_address(child: &mut Child) -> Result<SocketAddr> {
+/// Reads the coordinator's greeting, waiting at most 10 s: its "listening on ADDR" line and
+/// its "status page at URL" line.
+fn read_address(child: &mut Child) -> Result<(SocketAddr, String)> {
     let stdout = child
         .stdout
         .take()
         .ok_or_else(|| Error::Net("coordinator has no stdout".into()))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        let mut reader = BufReader::new(stdout);
+        let mut lines = [String::new(), String::new()];
+        for line in &mut lines {
+            let _ = reader.read_line(line);
+        }
+        let _ = tx.send(lines);
     });
-    let line = rx
+    let [listen, status] = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| Error::Net("the coordinator did not start within 10 s".into()))?;
-    line.trim()
-        .rsplit(' ')
-        .next()
+    let last_word = |line: &str| line.trim().rsplit(' ').next().map(str::to_string);
+    let addr = last_word(&listen)
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {line:?}")))
+        .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {listen:?}")))?;
+    let url = last_word(&status)
+        .filter(|u| u.starts_with("http://"))
+        .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {status:?}")))?;
+    Ok((addr, url))
 }

@@ -27,6 +27,7 @@ pub mod client;
 pub mod coordinator;
 pub mod journal;
 pub mod launch;
+mod metrics;
 pub mod status;
 pub mod worker;
 

@@ -16,14 +16,17 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use bytes::Bytes;
 use quern_shuffle::net::{self, NetError};
 use quern_shuffle::wire::{
-    decode_msg, encode_msg, FetchRequest, Hello, JobSpec, MapLocation, ProgressMsg, Register,
-    TaskMsg, ToCoordinator, ToWorker,
+    decode_msg, encode_msg, FetchRequest, Hello, HistogramMsg, JobIoMsg, JobSpec, MapLocation,
+    ProgressMsg, Register, TaskMsg, ToCoordinator, ToWorker,
 };
 use quern_shuffle::Secret;
 use tokio::sync::{mpsc, watch};
@@ -39,6 +42,7 @@ use crate::local::guarded;
 use crate::map::{run_map, run_map_only, MapEnv, RunFile};
 use crate::output::OutputDir;
 use crate::reduce::{reduce_to_file, Segment};
+use crate::report;
 use crate::{Error, Result};
 
 /// How a worker runs.
@@ -79,10 +83,21 @@ struct JobEntry {
     inputs: Vec<InputFile>,
     dir: PathBuf,
     locations: watch::Sender<HashMap<u32, MapLocation>>,
+    /// Bytes moved by this worker's ended attempts (and, for shuffle, every fetch so far).
+    io: JobIo,
+}
+
+/// Cumulative byte counts of one job on this worker, for the coordinator's rate plots.
+#[derive(Default)]
+struct JobIo {
+    input: AtomicU64,
+    shuffle: AtomicU64,
+    output: AtomicU64,
 }
 
 struct RunningAttempt {
     job: u64,
+    is_map: bool,
     control: Arc<TaskControl>,
 }
 
@@ -342,6 +357,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 spec,
                 dir,
                 locations: watch::Sender::new(HashMap::new()),
+                io: JobIo::default(),
             };
             shared.state().jobs.insert(job, Arc::new(entry));
         }
@@ -364,6 +380,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 (job, attempt),
                 RunningAttempt {
                     job,
+                    is_map: matches!(task, TaskMsg::Map { .. }),
                     control: control.clone(),
                 },
             );
@@ -424,28 +441,98 @@ async fn heartbeats(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let progress = shared
-            .state()
-            .attempts
-            .iter()
-            .map(|(&(job, attempt), a)| {
-                let (done, total) = a.control.progress();
-                ProgressMsg {
-                    job,
-                    attempt,
-                    done,
-                    total,
-                }
-            })
-            .collect();
-        shared.report(ToCoordinator::Heartbeat { progress });
+        let (progress, io) = {
+            let state = shared.state();
+            let progress = state
+                .attempts
+                .iter()
+                .map(|(&(job, attempt), a)| {
+                    let (done, total) = a.control.progress();
+                    ProgressMsg {
+                        job,
+                        attempt,
+                        done,
+                        total,
+                    }
+                })
+                .collect();
+            (progress, job_io(&state, None))
+        };
+        shared.report(ToCoordinator::Heartbeat { progress, io });
     }
+}
+
+/// Bytes moved so far for every job (or only for `only`).
+fn job_io(state: &State, only: Option<u64>) -> Vec<JobIoMsg> {
+    // Ended attempts are in `entry.io`, running ones are added here; an attempt moves
+    // from one to the other under the state lock, so the sums never go back.
+    state
+        .jobs
+        .values()
+        .filter(|entry| only.is_none_or(|j| j == entry.id))
+        .map(|entry| {
+            let (mut input, mut output) = (
+                entry.io.input.load(Ordering::Relaxed),
+                entry.io.output.load(Ordering::Relaxed),
+            );
+            for a in state.attempts.values().filter(|a| a.job == entry.id) {
+                if a.is_map {
+                    input += a.control.progress().0;
+                }
+                output += a.control.written();
+            }
+            JobIoMsg {
+                job: entry.id,
+                input,
+                shuffle: entry.io.shuffle.load(Ordering::Relaxed),
+                output,
+            }
+        })
+        .collect()
 }
 
 /// What a finished attempt hands back.
 struct Outcome {
     counters: Counters,
     runs: Vec<RunFile>,
+    /// Fetch latency and throughput (reduces).
+    fetches: Option<FetchStats>,
+}
+
+/// Latencies of a reduce attempt's fetches.
+struct FetchStats {
+    latency: Histogram<u64>,
+    throughput: Histogram<u64>,
+}
+
+impl FetchStats {
+    fn new() -> FetchStats {
+        FetchStats {
+            latency: report::new_histogram(),
+            throughput: report::new_histogram(),
+        }
+    }
+
+    /// One fetch of `bytes` that took `took`, request to last byte. Throughput is recorded
+    /// for fetches over the network only: a local one maps the file and moves no bytes yet.
+    fn record(&mut self, bytes: u64, took: Duration, remote: bool) {
+        let us = took.as_micros().max(1);
+        let _ = self.latency.record(u64::try_from(us).unwrap_or(u64::MAX));
+        if remote && bytes > 0 {
+            // KiB/s = bytes / 1024 / (µs / 1e6)
+            let kib_s = u128::from(bytes) * 1_000_000 / 1024 / us;
+            let _ = self
+                .throughput
+                .record(u64::try_from(kib_s).unwrap_or(u64::MAX).max(1));
+        }
+    }
+}
+
+fn histogram_msg(name: &str, h: &Histogram<u64>) -> HistogramMsg {
+    HistogramMsg {
+        name: name.to_string(),
+        v2: report::encode_v2(h),
+    }
 }
 
 async fn run_attempt(
@@ -455,6 +542,7 @@ async fn run_attempt(
     task: TaskMsg,
     control: Arc<TaskControl>,
 ) {
+    let started = Instant::now();
     let result = match (&entry.job, task.clone()) {
         (Err(e), _) => Err(Error::Usage(format!("cannot build job: {e}"))),
         (Ok(job), TaskMsg::Map { index, split, .. }) => {
@@ -477,10 +565,37 @@ async fn run_attempt(
             reduce_attempt(&shared, &entry, job.clone(), attempt, partition, &control).await
         }
     };
+    let took = started.elapsed();
     let cancelled = control.is_cancelled();
-    shared.state().attempts.remove(&(entry.id, attempt));
+    {
+        let mut state = shared.state();
+        if matches!(task, TaskMsg::Map { .. }) {
+            entry
+                .io
+                .input
+                .fetch_add(control.progress().0, Ordering::Relaxed);
+        }
+        entry
+            .io
+            .output
+            .fetch_add(control.written(), Ordering::Relaxed);
+        state.attempts.remove(&(entry.id, attempt));
+    }
     match result {
         Ok(outcome) if !cancelled => {
+            let mut duration = report::new_histogram();
+            let _ = duration.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+            let name = match task {
+                TaskMsg::Map { .. } => report::hist::MAP_ATTEMPT,
+                TaskMsg::Reduce { .. } => report::hist::REDUCE_ATTEMPT,
+            };
+            let mut histograms = vec![histogram_msg(name, &duration)];
+            if let Some(f) = &outcome.fetches {
+                histograms.push(histogram_msg(report::hist::FETCH_LATENCY, &f.latency));
+                histograms.push(histogram_msg(report::hist::FETCH_THROUGHPUT, &f.throughput));
+            }
+            // The bytes of its last moments reach the rate plots with the result.
+            let io = job_io(&shared.state(), Some(entry.id));
             let runs = outcome.runs.iter().map(run_to_msg).collect();
             if !outcome.runs.is_empty() {
                 shared
@@ -493,6 +608,8 @@ async fn run_attempt(
                 attempt,
                 counters: counters_to_msg(&outcome.counters),
                 runs,
+                histograms,
+                io,
             });
         }
         Ok(outcome) => {
@@ -554,6 +671,7 @@ fn map_attempt(
         return Ok(Outcome {
             counters,
             runs: Vec::new(),
+            fetches: None,
         });
     }
     std::fs::create_dir_all(&entry.dir).map_err(|e| Error::io(&entry.dir, e))?;
@@ -574,6 +692,7 @@ fn map_attempt(
     Ok(Outcome {
         counters,
         runs: output.runs,
+        fetches: None,
     })
 }
 
@@ -588,6 +707,9 @@ async fn reduce_attempt(
     let maps = entry.spec.splits.len();
     let mut have: Vec<Option<(u64, Vec<Segment>)>> = (0..maps).map(|_| None).collect();
     let mut locations = entry.locations.subscribe();
+    let mut stats = FetchStats::new();
+    // Bytes that crossed the network (refetches of a re-run map included).
+    let mut fetched_remotely = 0u128;
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
@@ -605,8 +727,17 @@ async fn reduce_attempt(
             .collect();
         let mut failed = false;
         for location in wanted {
+            let asked = Instant::now();
             match fetch(shared, entry.id, &location, partition).await {
-                Ok(segments) => have[location.map as usize] = Some((location.attempt, segments)),
+                Ok((segments, remote)) => {
+                    let bytes: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+                    stats.record(bytes, asked.elapsed(), remote);
+                    if remote {
+                        fetched_remotely += u128::from(bytes);
+                    }
+                    entry.io.shuffle.fetch_add(bytes, Ordering::Relaxed);
+                    have[location.map as usize] = Some((location.attempt, segments));
+                }
                 Err(e) => {
                     failed = true;
                     tracing::info!(
@@ -637,18 +768,22 @@ async fn reduce_attempt(
         }
     }
     let segments: Vec<Segment> = have.into_iter().flatten().flat_map(|(_, s)| s).collect();
+    let shuffled: u128 = segments.iter().map(|s| s.bytes().len() as u128).sum();
     let out = OutputDir::open(Path::new(&entry.spec.output));
     let (shared2, control2) = (shared.clone(), control.clone());
     blocking(move || {
         let tmp = out.attempt_file(partition as usize, attempt as u32);
-        let counters =
-            reduce_to_file(&*job, &segments, &tmp, &shared2.io, &control2).inspect_err(|_| {
+        let mut counters = reduce_to_file(&*job, &segments, &tmp, &shared2.io, &control2)
+            .inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
+        counters.add("shuffle.bytes", shuffled);
+        counters.add("shuffle.remote.bytes", fetched_remotely);
         out.commit_task(&tmp, partition as usize)?;
         Ok(Outcome {
             counters,
             runs: Vec::new(),
+            fetches: Some(stats),
         })
     })
     .await
@@ -666,13 +801,13 @@ async fn reduce_attempt(
 }
 
 /// Gets partition `partition` of a map attempt's output: from disk when it lives on this
-/// host, else over QUIC from the worker that holds it.
+/// host, else over QUIC from the worker that holds it (then `.1` is true).
 async fn fetch(
     shared: &Arc<Shared>,
     job: u64,
     location: &MapLocation,
     partition: u32,
-) -> Result<Vec<Segment>> {
+) -> Result<(Vec<Segment>, bool)> {
     let addr: SocketAddr = location
         .addr
         .parse()
@@ -680,12 +815,13 @@ async fn fetch(
     let runs: Vec<RunFile> = location.runs.iter().map(run_from_msg).collect();
     if shared.config.local_reads && addr.ip() == shared.my_ip {
         let map = location.map;
-        return blocking(move || {
+        let segments = blocking(move || {
             runs.iter()
                 .map(|run| Segment::open(run, partition as usize).map(|s| s.of_map(map)))
                 .collect()
         })
-        .await;
+        .await?;
+        return Ok((segments, false));
     }
     let conn = shared.peer(addr).await.map_err(net_err)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
@@ -711,7 +847,7 @@ async fn fetch(
             runs.len()
         )));
     }
-    Ok(buffers
+    let segments = buffers
         .into_iter()
         .zip(&runs)
         .map(|(buf, run)| {
@@ -719,7 +855,8 @@ async fn fetch(
             let origin = PathBuf::from(format!("{addr}:{}", run.path.display()));
             Segment::fetched(origin, offset, buf).of_map(location.map)
         })
-        .collect())
+        .collect();
+    Ok((segments, true))
 }
 
 async fn fetch_server(shared: Arc<Shared>, endpoint: quinn::Endpoint) {

@@ -8,11 +8,35 @@
 //! plots). [`load_dir`] reads `report.json` back, so `quern report DIR` can re-render it.
 //!
 //! Times are microseconds since the job started, unless a field says otherwise.
+//!
+//! Submodules, all re-exported here:
+//! - `codec`: [`encode_v2`] / [`decode_v2`], histograms as bytes (network-safe decoding).
+//! - `text`: [`Report::summary`] and the human formatting of durations, rates and bytes.
+//! - `hgrm`: [`percentile_distribution`] / [`parse_hgrm`], Java HdrHistogram's `.hgrm` text.
+//! - `html`: [`render_html`], the self-contained page with the timeline, rate and
+//!   percentile plots.
+//! - `dir`: [`write_dir`] / [`load_dir`], the report directory, written atomically.
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+mod codec;
+mod dir;
+mod hgrm;
+mod html;
+mod text;
+
+pub use codec::{decode_v2, encode_v2};
+pub use dir::{load_dir, write_dir, REPORT_HTML, REPORT_JSON};
+pub use hgrm::{parse_hgrm, percentile_distribution, TICKS_PER_HALF_DISTANCE};
+pub use html::render_html;
+pub(crate) use text::escape_html;
+pub use text::{
+    human_bytes, human_mb_per_s, human_us, human_value, COUNTER_INPUT_BYTES, COUNTER_OUTPUT_BYTES,
+};
 
 /// Version of the `report.json` layout.
 pub const REPORT_VERSION: u32 = 1;
@@ -208,3 +232,40 @@ pub struct NamedHistogram {
     /// `hdrhistogram::serialization::V2Serializer` output, base64 (standard alphabet).
     pub v2: String,
 }
+
+impl NamedHistogram {
+    /// `h` under `name`, with its percentiles and its V2 encoding.
+    pub fn new(name: &str, unit: &str, h: &Histogram<u64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            unit: unit.to_owned(),
+            percentiles: Percentiles::of(h),
+            v2: base64::engine::general_purpose::STANDARD.encode(encode_v2(h)),
+        }
+    }
+
+    /// Decodes the histogram from [`NamedHistogram::v2`].
+    pub fn histogram(&self) -> crate::Result<Histogram<u64>> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.v2)
+            .map_err(|e| {
+                crate::Error::Report(format!("histogram {}: bad base64: {e}", self.name))
+            })?;
+        decode_v2(&bytes).map_err(|e| match e {
+            crate::Error::Report(why) => {
+                crate::Error::Report(format!("histogram {}: {why}", self.name))
+            }
+            other => other,
+        })
+    }
+}
+
+impl Report {
+    /// The histogram called `name` (see [`hist`]), if the report has it.
+    pub fn histogram(&self, name: &str) -> Option<&NamedHistogram> {
+        self.histograms.iter().find(|h| h.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;
