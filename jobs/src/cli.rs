@@ -223,7 +223,7 @@ enum Command {
     },
     /// Print a saved job report (written with --report DIR) and re-render its files.
     Report {
-        /// The report directory (holding report.json).
+        /// The report directory (holding report.json), or its report.json.
         dir: PathBuf,
         /// Only print the summary; do not rewrite report.html and the .hgrm files.
         #[arg(long)]
@@ -564,6 +564,13 @@ fn run(command: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Ok)
         }
         Command::Report { dir, no_render } => {
+            // Accept the report.json file itself too.
+            let dir = match dir.file_name() {
+                Some(name) if name == quern_runtime::report::REPORT_JSON && dir.is_file() => dir
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+                _ => dir,
+            };
             let report = quern_runtime::report::load_dir(&dir)?;
             if !no_render {
                 quern_runtime::report::write_dir(&report, &dir)?;

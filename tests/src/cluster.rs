@@ -433,3 +433,21 @@ pub fn assert_gone(what: &str, procs: &[Tracked], timeout: Duration) {
         );
     }
 }
+
+/// Waits for a coordinator's second stdout line, `quern coordinator status page at URL`,
+/// and returns URL (`http://HOST:PORT/`).
+pub fn coordinator_status_url(coordinator: &Proc) -> String {
+    let line = coordinator.expect_output(
+        "\"status page at\" line",
+        Stream::Stdout,
+        START_TIMEOUT,
+        |out| {
+            let second = out.split_inclusive('\n').nth(1)?;
+            second.strip_suffix('\n').map(str::to_string)
+        },
+    );
+    line.strip_prefix("quern coordinator status page at ")
+        .unwrap_or_else(|| panic!("unexpected second line of the coordinator: {line:?}"))
+        .trim()
+        .to_string()
+}

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use quern_scheduler::journal::{JournalEvent, Record};
 use quern_scheduler::{
-    AttemptId, AttemptState, Command, Config, Event, Phase, Scheduler, TaskId, TaskState, WorkerId,
+    AttemptId, AttemptState, Command, Config, Event, MapState, Phase, ReduceState, Scheduler,
+    TaskId, TaskState, WorkerId,
 };
 use quern_shuffle::net;
 use quern_shuffle::wire::{
@@ -92,10 +93,18 @@ struct WorkerConn {
     data_addr: SocketAddr,
     slots: u32,
     pid: u32,
-    /// When its last heartbeat arrived.
-    last_heartbeat: Instant,
+    /// When it joined, and when its last heartbeat arrived (none yet: `None`).
+    joined: Instant,
+    last_heartbeat: Option<Instant>,
     /// Map outputs `(job, attempt)` it served before joining (after a coordinator restart).
     held: Vec<(u64, u64)>,
+}
+
+impl WorkerConn {
+    /// When it was last heard from: its last heartbeat, or its registration.
+    fn heard(&self) -> Instant {
+        self.last_heartbeat.unwrap_or(self.joined)
+    }
 }
 
 struct Finished {
@@ -360,7 +369,8 @@ impl Coordinator {
                         data_addr,
                         slots,
                         pid,
-                        last_heartbeat: Instant::now(),
+                        joined: Instant::now(),
+                        last_heartbeat: None,
                         held,
                     },
                 );
@@ -432,10 +442,10 @@ impl Coordinator {
         }
         if matches!(msg, ToCoordinator::Heartbeat { .. }) {
             if let Some(conn) = self.workers.get_mut(&worker) {
-                let lag = conn.last_heartbeat.elapsed();
-                conn.last_heartbeat = Instant::now();
-                if let Some(job) = self.job.as_mut() {
-                    job.metrics.heartbeat_lag(lag);
+                // The first heartbeat follows registration at once: it measures no gap.
+                let previous = conn.last_heartbeat.replace(Instant::now());
+                if let (Some(previous), Some(job)) = (previous, self.job.as_mut()) {
+                    job.metrics.heartbeat_lag(previous.elapsed());
                 }
             }
         }
@@ -1103,7 +1113,7 @@ impl Coordinator {
                     .as_ref()
                     .and_then(|j| j.sched.worker(*id))
                     .map_or(0, |w| w.running().count() as u32),
-                last_heartbeat_ms: millis(now.saturating_duration_since(conn.last_heartbeat)),
+                last_heartbeat_ms: millis(now.saturating_duration_since(conn.heard())),
             })
             .chain(self.status.lost.iter().cloned())
             .collect();
@@ -1148,8 +1158,7 @@ impl Coordinator {
                 name: job.spec.name.clone(),
                 elapsed_ms: millis(elapsed),
                 phase: phase.into(),
-                progress: f64::from(map.done + reduce.done)
-                    / f64::from((map.total + reduce.total).max(1)),
+                progress: job_progress(&job.sched),
                 map,
                 reduce,
                 input_bytes_per_s: input,
@@ -1158,12 +1167,12 @@ impl Coordinator {
                 backups_launched: job.sched.stats().backups_launched,
                 percentiles: job
                     .metrics
-                    .named_histograms()
+                    .percentiles()
                     .into_iter()
-                    .map(|h| PercentileRow {
-                        name: h.name,
-                        unit: h.unit,
-                        percentiles: h.percentiles,
+                    .map(|(name, unit, percentiles)| PercentileRow {
+                        name: name.into(),
+                        unit: unit.into(),
+                        percentiles,
                     })
                     .collect(),
             }
@@ -1189,7 +1198,7 @@ impl StatusBoard {
             slots: conn.slots,
             state: "lost".into(),
             running: 0,
-            last_heartbeat_ms: millis(conn.last_heartbeat.elapsed()),
+            last_heartbeat_ms: millis(conn.heard().elapsed()),
         });
         while self.lost.len() > FINISHED_SHOWN {
             self.lost.pop_front();
@@ -1202,6 +1211,36 @@ impl StatusBoard {
             self.finished.pop_front();
         }
     }
+}
+
+/// Fraction of the job's tasks done: a committed task counts 1, a running one its most
+/// advanced attempt's progress.
+fn job_progress(sched: &Scheduler) -> f64 {
+    let config = sched.config();
+    let best = |attempts: &std::collections::BTreeSet<AttemptId>| {
+        attempts
+            .iter()
+            .filter_map(|a| sched.attempt(*a))
+            .map(|a| a.progress)
+            .fold(0.0, f64::max)
+    };
+    let maps: f64 = (0..config.maps)
+        .filter_map(|i| sched.map_state(i))
+        .map(|m| match m {
+            MapState::Committed { .. } => 1.0,
+            MapState::Running { attempts } => best(attempts),
+            _ => 0.0,
+        })
+        .sum();
+    let reduces: f64 = (0..config.reduces)
+        .filter_map(|i| sched.reduce_state(i))
+        .map(|r| match r {
+            ReduceState::Committed { .. } => 1.0,
+            ReduceState::Running { attempts } => best(attempts),
+            ReduceState::Idle => 0.0,
+        })
+        .sum();
+    (maps + reduces) / f64::from((config.maps + config.reduces).max(1))
 }
 
 fn millis(d: Duration) -> u64 {

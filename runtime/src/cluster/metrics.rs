@@ -14,8 +14,8 @@ use quern_shuffle::wire::{HistogramMsg, JobIoMsg};
 
 use crate::job::Counters;
 use crate::report::{
-    self, hist, AttemptRecord, NamedHistogram, Outcome, PhaseName, PhaseRecord, RateSeries, Report,
-    WorkerRecord, REPORT_VERSION,
+    self, hist, AttemptRecord, NamedHistogram, Outcome, Percentiles, PhaseName, PhaseRecord,
+    RateSeries, Report, WorkerRecord, REPORT_VERSION,
 };
 
 /// Width of a rate bucket.
@@ -166,8 +166,18 @@ impl JobMetrics {
         })
     }
 
+    /// Name, unit and percentiles of every histogram so far (cheap: no serialisation).
+    pub(super) fn percentiles(&self) -> Vec<(&'static str, &'static str, Percentiles)> {
+        HISTOGRAMS
+            .iter()
+            .filter_map(|(name, unit)| {
+                Some((*name, *unit, Percentiles::of(self.histograms.get(name)?)))
+            })
+            .collect()
+    }
+
     /// The histograms so far, with their units.
-    pub(super) fn named_histograms(&self) -> Vec<NamedHistogram> {
+    fn named_histograms(&self) -> Vec<NamedHistogram> {
         HISTOGRAMS
             .iter()
             .filter_map(|(name, unit)| {

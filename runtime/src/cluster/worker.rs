@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use quern_shuffle::net::{self, NetError};
 use quern_shuffle::wire::{
     decode_msg, encode_msg, FetchRequest, Hello, HistogramMsg, JobIoMsg, JobSpec, MapLocation,

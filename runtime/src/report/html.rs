@@ -23,8 +23,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::text::{escape_html as esc, 
-    human_bytes, human_mb_per_s, human_us, human_value, COUNTER_INPUT_BYTES, COUNTER_OUTPUT_BYTES,
+use super::text::{
+    escape_html as esc, human_bytes, human_mb_per_s, human_us, human_value, COUNTER_INPUT_BYTES,
+    COUNTER_OUTPUT_BYTES,
 };
 use super::{dir, AttemptRecord, Outcome, PhaseName, Report, REPORT_VERSION};
 
@@ -920,7 +921,6 @@ fn utc(unix_ms: u64) -> String {
         ms % 1_000
     )
 }
-
 
 #[cfg(test)]
 mod tests {
