@@ -377,18 +377,15 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
     match &report.report {
         Some(r) => eprintln!("{}", r.summary()),
         // --sequential and --in-process measure no latencies.
-        None => {
-            let c = &report.counters;
-            let secs = report.elapsed.as_secs_f64();
-            eprintln!(
-                "quern {name}: {} map tasks, {} reduce tasks, {} records in, {} bytes out, {secs:.2} s ({:.1} MB/s in)",
-                report.map_tasks,
-                report.reduce_tasks,
-                c.get("map.input.records"),
-                c.get("output.bytes"),
-                c.get("map.input.bytes") as f64 / secs.max(1e-9) / 1e6,
-            );
-        }
+        None => eprintln!(
+            "quern {name}: {}",
+            quern_runtime::report::headline(
+                report.map_tasks as u64,
+                report.reduce_tasks as u64,
+                |c| report.counters.get(c),
+                u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
+            )
+        ),
     }
     if !report.skipped.is_empty() {
         let list: Vec<String> = report

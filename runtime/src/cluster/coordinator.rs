@@ -23,8 +23,8 @@ use quern_scheduler::{
 };
 use quern_shuffle::net;
 use quern_shuffle::wire::{
-    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, HistogramMsg, JobSpec, MapLocation,
-    RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
+    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, HistogramMsg, JobIoMsg, JobSpec,
+    MapLocation, RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -134,6 +134,15 @@ struct RunningJob {
     metrics: JobMetrics,
     /// Committed tasks last told to the client: (maps, reduces).
     progress_sent: (u32, u32),
+}
+
+impl RunningJob {
+    /// Takes a worker's byte counts (of every job it knows) for the rate plots.
+    fn note_io(&mut self, worker: WorkerId, now: Duration, io: &[JobIoMsg]) {
+        if let Some(io) = io.iter().find(|io| io.job == self.id) {
+            self.metrics.io(worker, now, io);
+        }
+    }
 }
 
 /// A record that crashed this many attempts of its map is skipped (with --skip-bad-records).
@@ -452,9 +461,7 @@ impl Coordinator {
         match msg {
             ToCoordinator::Heartbeat { progress, io } => self.with_job(|job, now| {
                 let id = job.id;
-                if let Some(io) = io.iter().find(|io| io.job == id) {
-                    job.metrics.io(worker, now, io);
-                }
+                job.note_io(worker, now, &io);
                 let progress = progress
                     .iter()
                     .filter(|p| p.job == id)
@@ -477,9 +484,7 @@ impl Coordinator {
                 io,
                 ..
             } => self.with_job(|job, now| {
-                if let Some(io) = io.iter().find(|io| io.job == job.id) {
-                    job.metrics.io(worker, now, io);
-                }
+                job.note_io(worker, now, &io);
                 job.finished.insert(
                     AttemptId(attempt),
                     Finished {

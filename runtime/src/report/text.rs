@@ -21,10 +21,7 @@ impl Report {
 
     /// Map input bytes per second of wall time, in MB/s (0 for a job that took no time).
     pub fn input_mb_per_s(&self) -> f64 {
-        if self.wall_us == 0 {
-            return 0.0;
-        }
-        self.counter(COUNTER_INPUT_BYTES) as f64 / self.wall_us as f64
+        mb_per_s(self.counter(COUNTER_INPUT_BYTES), self.wall_us)
     }
 
     /// The summary printed on stderr at the end of every job: totals, attempts and backups,
@@ -39,14 +36,11 @@ impl Report {
     /// ```
     pub fn summary(&self) -> String {
         let prefix = format!("quern {}: ", self.job);
-        let mut lines = vec![format!(
-            "{} map tasks, {} reduce tasks, {} records in, {} bytes out, {:.2} s ({:.1} MB/s in)",
-            self.map_tasks,
-            self.reduce_tasks,
-            self.counter("map.input.records"),
-            self.counter(COUNTER_OUTPUT_BYTES),
-            self.wall_us as f64 / 1e6,
-            self.input_mb_per_s(),
+        let mut lines = vec![headline(
+            u64::from(self.map_tasks),
+            u64::from(self.reduce_tasks),
+            |name| self.counter(name),
+            self.wall_us,
         )];
         if self.counter("attempts.map") > 0 {
             lines.push(format!(
@@ -114,6 +108,32 @@ impl Report {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The summary's first line, after its `quern JOB: ` prefix (scripts and tests parse it):
+/// tasks, records in, bytes out, wall time and input throughput, from the job's counters.
+/// Also printed for `--sequential` and `--in-process` runs, which have no [`Report`].
+pub fn headline(
+    map_tasks: u64,
+    reduce_tasks: u64,
+    counter: impl Fn(&str) -> u128,
+    wall_us: u64,
+) -> String {
+    format!(
+        "{map_tasks} map tasks, {reduce_tasks} reduce tasks, {} records in, {} bytes out, {:.2} s ({:.1} MB/s in)",
+        counter("map.input.records"),
+        counter(COUNTER_OUTPUT_BYTES),
+        wall_us as f64 / 1e6,
+        mb_per_s(counter(COUNTER_INPUT_BYTES), wall_us),
+    )
+}
+
+/// `bytes` per `wall_us` in MB/s (0 for no time).
+fn mb_per_s(bytes: u128, wall_us: u64) -> f64 {
+    if wall_us == 0 {
+        return 0.0;
+    }
+    bytes as f64 / wall_us as f64
 }
 
 impl NamedHistogram {
