@@ -5,7 +5,10 @@
 //! - `block/decode`: [`FrameIter`] validating every block and reading every record in place.
 //! - `map/sort_spill/{std,uring}`: a whole map task ([`run_map`]) of an identity job over one
 //!   input file: read, partition, sort, encode and write one run file.
-//! - `reduce/merge`: reduce partitions `0..4` ([`run_reduce`]) over the runs of 4 map tasks.
+//! - `reduce/merge`: reduce partitions `0..4` over the runs of 4 map tasks.
+//! - `merge_factor/F`: one reduce partition over the runs of 1,024 map tasks, with a merge
+//!   factor of F (F < 1,024 merges in passes through intermediate runs on disk): what
+//!   [`DEFAULT_MERGE_FACTOR`] was chosen by.
 //!
 //! Every benchmark processes the same [`RECORDS`] records per iteration, and reports
 //! throughput in bytes of those records, so the figures compare directly.
@@ -14,7 +17,7 @@
 //! quick smoke run (each benchmark once).
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{
@@ -22,7 +25,8 @@ use criterion::{
 };
 use quern_runtime::io::IoService;
 use quern_runtime::map::{run_map, MapEnv, RunFile, BLOCK_BYTES};
-use quern_runtime::reduce::run_reduce;
+use quern_runtime::output::OutputDir;
+use quern_runtime::task::{reduce_task, Source, TaskEnv, DEFAULT_MERGE_FACTOR};
 use quern_runtime::{
     InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split, TaskControl,
 };
@@ -118,6 +122,7 @@ fn input_file(dir: &Path, data: &[u8]) -> InputFile {
         index: 0,
         name: "input".into(),
         path,
+        size: data.len() as u64,
     }
 }
 
@@ -165,11 +170,7 @@ fn bench_map(c: &mut Criterion) {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("create work dir");
     let input = input_file(dir.path(), &records());
-    let split = Split {
-        file: 0,
-        start: 0,
-        len: INPUT_BYTES,
-    };
+    let split = Split::single(0, 0, INPUT_BYTES);
 
     let mut backends = vec![("std", IoService::std())];
     match IoService::uring() {
@@ -194,7 +195,7 @@ fn bench_map(c: &mut Criterion) {
                 |()| {
                     let (output, _counters) = run_map(
                         &Identity,
-                        &input,
+                        std::slice::from_ref(&input),
                         &split,
                         "map-0",
                         &env,
@@ -211,69 +212,119 @@ fn bench_map(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_reduce(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("create temp dir");
-    let work = dir.path().join("work");
-    let out_dir = dir.path().join("out");
-    std::fs::create_dir(&work).expect("create work dir");
-    std::fs::create_dir(&out_dir).expect("create output dir");
-    let input = input_file(dir.path(), &records());
-    let io = IoService::std();
-
-    // MAPS map tasks over equal splits of the input, each writing one run.
+/// Runs `maps` map tasks over equal splits of the input into `work`, for `reducers`
+/// partitions; returns every run with its map's index.
+fn map_runs(
+    input: &InputFile,
+    work: &Path,
+    io: &IoService,
+    maps: u64,
+    reducers: u32,
+) -> Vec<(u32, RunFile)> {
     let env = MapEnv {
-        io: &io,
-        work_dir: &work,
-        reducers: REDUCERS,
+        io,
+        work_dir: work,
+        reducers,
         memory: MAP_MEMORY,
     };
-    let per_map = RECORDS as u64 / MAPS * RECORD_LEN as u64;
-    let runs: Vec<RunFile> = (0..MAPS)
+    let per_map = RECORDS as u64 / maps * RECORD_LEN as u64;
+    (0..maps)
         .flat_map(|m| {
-            let split = Split {
-                file: 0,
-                start: m * per_map,
-                len: if m + 1 == MAPS {
-                    INPUT_BYTES - m * per_map
-                } else {
-                    per_map
-                },
+            let len = if m + 1 == maps {
+                INPUT_BYTES - m * per_map
+            } else {
+                per_map
             };
+            let split = Split::single(0, m * per_map, len);
             let (output, _) = run_map(
                 &Identity,
-                &input,
+                std::slice::from_ref(input),
                 &split,
                 &format!("map-{m}"),
                 &env,
                 &TaskControl::default(),
             )
             .expect("map task");
-            output.runs
+            output.runs.into_iter().map(move |r| (m as u32, r))
         })
-        .collect();
-    let runs: Vec<&RunFile> = runs.iter().collect();
-    let outputs: Vec<PathBuf> = (0..REDUCERS)
-        .map(|p| out_dir.join(format!("part-{p}")))
-        .collect();
+        .collect()
+}
 
+/// Reduces partition `part` of `runs` into `out` (attempt 0), merging `factor` at once.
+fn reduce_part(
+    runs: &[(u32, RunFile)],
+    part: u32,
+    factor: usize,
+    out: &OutputDir,
+    work: &Path,
+    io: &IoService,
+) -> u128 {
+    let env = TaskEnv {
+        io,
+        work_dir: work,
+        reducers: 1,
+        memory: 256 << 20,
+        merge_factor: factor,
+    };
+    let mut input = env.reduce_input(part, 0);
+    for (map, run) in runs {
+        input.add(Source::of_run(run, part as usize, Some(*map)).expect("segment"));
+    }
+    let counters = reduce_task(&Identity, input, part, 0, out, io, &TaskControl::default())
+        .expect("reduce task");
+    counters.get("output.bytes")
+}
+
+fn bench_reduce(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("create work dir");
+    let input = input_file(dir.path(), &records());
+    let io = IoService::std();
+    let out_root = dir.path().join("out");
+
+    let runs = map_runs(&input, &work, &io, MAPS, REDUCERS);
     let mut group = c.benchmark_group("reduce");
     group.throughput(Throughput::Bytes(INPUT_BYTES));
     group.sampling_mode(SamplingMode::Flat);
     group.bench_function("merge", |b| {
         b.iter_batched(
-            || clean_dir(&out_dir),
-            |()| {
-                let mut bytes = 0u128;
-                for (part, path) in outputs.iter().enumerate() {
-                    let counters =
-                        run_reduce(&Identity, &runs, part, path, &io).expect("reduce task");
-                    bytes += counters.get("output.bytes");
-                }
+            || {
+                let _ = std::fs::remove_dir_all(&out_root);
+                OutputDir::create(&out_root).expect("output dir")
+            },
+            |out| {
+                let bytes: u128 = (0..REDUCERS)
+                    .map(|part| reduce_part(&runs, part, DEFAULT_MERGE_FACTOR, &out, &work, &io))
+                    .sum();
                 assert_eq!(bytes, u128::from(INPUT_BYTES));
             },
             BatchSize::PerIteration,
         )
     });
+    group.finish();
+
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).expect("create work dir");
+    let runs = map_runs(&input, &many, &io, 1024, 1);
+    let mut group = c.benchmark_group("merge_factor");
+    group.throughput(Throughput::Bytes(INPUT_BYTES));
+    group.sampling_mode(SamplingMode::Flat);
+    for factor in [16usize, 64, 128, 256, 1024] {
+        group.bench_function(BenchmarkId::from_parameter(factor), |b| {
+            b.iter_batched(
+                || {
+                    let _ = std::fs::remove_dir_all(&out_root);
+                    OutputDir::create(&out_root).expect("output dir")
+                },
+                |out| {
+                    let bytes = reduce_part(&runs, 0, factor, &out, &many, &io);
+                    assert_eq!(bytes, u128::from(INPUT_BYTES));
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -22,10 +22,11 @@ use clap::{Args, Parser, Subcommand};
 use quern_runtime::cluster::{
     self, coordinator::CoordinatorConfig, launch::LocalCluster, worker::WorkerConfig,
 };
-use quern_runtime::input::{plan_row_splits, rows_input};
+use quern_runtime::input::{expand_inputs_with, plan_row_splits, rows_input, Walk};
 use quern_runtime::local::{default_memory, default_threads};
+use quern_runtime::task::merge;
 use quern_runtime::{
-    expand_inputs, plan, run_planned, Error, InputFile, InputFormat, JobReport, LocalConfig, Plan,
+    plan, run_planned, Error, InputFile, InputFormat, JobReport, LocalConfig, Plan,
 };
 use quern_shuffle::wire::JobSpec;
 use quern_shuffle::Secret;
@@ -52,9 +53,14 @@ pub struct RunArgs {
     /// Input split size, e.g. 64MiB. K/M/G are powers of 1000, KiB/MiB/GiB of 1024.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     split_size: u64,
-    /// Sort-buffer memory for all running tasks of a machine together, e.g. 2GiB (default: a quarter of RAM).
+    /// Memory of each worker (or of this process, with --in-process/--sequential), shared
+    /// by its running tasks: sort buffers, fetched map output and merge buffers, e.g. 2GiB
+    /// (default: a quarter of RAM).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// Segments a reducer merges at once; more are merged in passes on local disk.
+    #[arg(long, default_value_t = quern_runtime::task::DEFAULT_MERGE_FACTOR, value_parser = parse_merge_factor)]
+    merge_factor: usize,
     /// Run the whole job on one thread: the reference every other mode must match.
     #[arg(long, conflicts_with_all = ["in_process", "coordinator"])]
     sequential: bool,
@@ -87,6 +93,10 @@ pub struct RunArgs {
     /// report.html (task timeline, rates, percentile curves). Needs a cluster run.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["sequential", "in_process"])]
     report: Option<PathBuf>,
+    /// Follow symbolic links met while walking input directories (links named as inputs
+    /// are always followed; a link loop is an error).
+    #[arg(long, short = 'L')]
+    follow: bool,
     /// Print no progress bars and no summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -265,6 +275,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
         })
 }
 
+fn parse_merge_factor(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (2..=65_536).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a merge factor (a whole number from 2 to 65536)"
+        )),
+    }
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -387,6 +406,16 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
             )
         ),
     }
+    let (passes, spilled) = (
+        report.counters.get(merge::MERGE_PASSES),
+        report.counters.get(merge::SPILLED_BYTES),
+    );
+    if passes > 0 || spilled > 0 {
+        eprintln!(
+            "quern {name}: reduce: {passes} merge passes over {} bytes; {spilled} fetched bytes spilled to disk",
+            report.counters.get(merge::MERGE_BYTES)
+        );
+    }
     if !report.skipped.is_empty() {
         let list: Vec<String> = report
             .skipped
@@ -425,6 +454,16 @@ impl RunArgs {
         }
     }
 
+    /// The input files named by `paths`, walked as the flags say.
+    fn expand(&self, paths: &[PathBuf]) -> Result<Vec<InputFile>, Error> {
+        expand_inputs_with(
+            paths,
+            Walk {
+                follow: self.follow,
+            },
+        )
+    }
+
     fn memory(&self) -> u64 {
         self.memory.unwrap_or_else(default_memory)
     }
@@ -438,6 +477,7 @@ impl RunArgs {
                 reducers: job.reducers,
                 split_size: self.split_size,
                 memory: self.memory(),
+                merge_factor: self.merge_factor,
             };
             let built = job.descriptor.build().map_err(Error::Usage)?;
             return run_planned(&*built, &job.plan, output, &cfg);
@@ -462,7 +502,8 @@ impl RunArgs {
             splits: cluster::splits_to_msg(&job.plan.splits),
             reducers: job.reducers,
             output: output.display().to_string(),
-            task_memory: (self.memory() / cores).max(1 << 20),
+            worker_memory: self.memory(),
+            merge_factor: self.merge_factor as u32,
             speculation: self.speculation,
             skip_bad_records: self.skip_bad_records,
             resume: self.resume,
@@ -630,7 +671,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             let reducers = run.reduce_tasks("terasort")?;
             let plan = plan(
                 InputFormat::Fixed(RECORD_LEN),
-                expand_inputs(&inputs)?,
+                run.expand(&inputs)?,
                 run.split_size,
             )?;
             let cuts = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?.cuts;
@@ -650,7 +691,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let files = expand_inputs(&inputs)?;
+            let files = run.expand(&inputs)?;
             let names = names(&files);
             let job = Prepared {
                 name: "teravalidate",
@@ -683,7 +724,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let files = expand_inputs(&inputs)?;
+            let files = run.expand(&inputs)?;
             let descriptor = JobDescriptor::Grep {
                 pattern,
                 count,
@@ -718,7 +759,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 name: "wc",
                 reducers: run.reduce_tasks("wc")?,
                 descriptor: JobDescriptor::WordCount,
-                plan: plan(InputFormat::Lines, expand_inputs(&inputs)?, run.split_size)?,
+                plan: plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?,
             };
             let report = run.execute(job, &output)?;
             summary(&run, "wc", &report)?;
@@ -730,7 +771,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let files = expand_inputs(&inputs)?;
+            let files = run.expand(&inputs)?;
             let job = Prepared {
                 name: "index",
                 reducers: run.reduce_tasks("index")?,

@@ -1,7 +1,7 @@
 //! The TeraSort suite: TeraGen (a map-only generator), TeraSort (total-order sort with a
 //! sampled range partitioner) and TeraValidate (order, duplicates and checksum of the output).
 
-use quern_runtime::input::SplitData;
+use quern_runtime::input::ChunkData;
 use quern_runtime::{
     InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split, SplitInfo,
 };
@@ -105,13 +105,13 @@ impl TeraSort {
         reducers: u32,
         samples: usize,
     ) -> quern_runtime::Result<TeraSort> {
-        let total: u64 = splits.iter().map(|s| s.len / RECORD_LEN as u64).sum();
+        let total: u64 = splits.iter().map(|s| s.len() / RECORD_LEN as u64).sum();
         let mut keys: Vec<[u8; KEY_LEN]> = Vec::with_capacity(samples.min(total as usize));
         if total > 0 && reducers > 1 {
             let stride = (total / samples.max(1) as u64).max(1);
-            for split in splits {
-                let input = &inputs[split.file as usize];
-                let data = SplitData::open(input, split, InputFormat::Fixed(RECORD_LEN))?;
+            for chunk in splits.iter().flat_map(|s| &s.chunks) {
+                let input = &inputs[chunk.file as usize];
+                let data = ChunkData::open(input, chunk, InputFormat::Fixed(RECORD_LEN))?;
                 let bytes = data.bytes();
                 let n = bytes.len() / RECORD_LEN;
                 let mut i = 0;

@@ -1,21 +1,29 @@
-//! Inputs: expanding paths, cutting splits at record boundaries, and reading a split's
-//! records in place from a memory map.
+//! Inputs: expanding paths, packing files into splits at record boundaries, and reading a
+//! split's records in place.
 //!
-//! Splits are planned once, up front: for text the planner looks at the bytes around each
-//! nominal boundary and moves it just past the next `\n`; for fixed-size records it rounds
-//! to a multiple of the record size. A record therefore always lies inside exactly one split.
+//! Splits are planned once, up front, over *all* input files together, as Hadoop's
+//! `CombineFileInputFormat` does: the inputs are treated as one stream in input order and
+//! cut every `split_size` bytes, each cut moved to a record boundary of the file it falls
+//! in (just past the next `\n` for text, a multiple of the record size for fixed-size
+//! records). A split is therefore a list of [`Chunk`]s — whole small files, and pieces of
+//! large ones — and a tree of 100k small files is a few dozen map tasks, not 100k. A
+//! record always lies inside exactly one chunk, and every record keeps its file's identity.
+//! Because splits follow the input order, map-only output concatenated in split order is
+//! in input order.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use memmap2::{Mmap, MmapOptions};
 
 use crate::job::{InputFile, InputFormat, Record};
 use crate::{Error, Result};
 
-/// One map task's input: a byte range of a file, or a range of rows.
+/// A byte range of one input file (or a range of rows), part of a [`Split`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Split {
+pub struct Chunk {
     /// Index of the file in the job's input list (0 for rows).
     pub file: u32,
     /// First byte (or row).
@@ -24,18 +32,76 @@ pub struct Split {
     pub len: u64,
 }
 
+/// One map task's input: consecutive chunks of the input stream, in input order.
+///
+/// A record is named inside its split by its *position*: the bytes of the chunks before
+/// its own plus its offset inside its chunk. Positions identify records across attempts
+/// (bad-record skipping) without carrying file names around.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    /// The chunks, in input order. Empty files appear as zero-length chunks, so every
+    /// file is seen by some map task.
+    pub chunks: Vec<Chunk>,
+}
+
+impl Split {
+    /// A split of one chunk.
+    pub fn single(file: u32, start: u64, len: u64) -> Split {
+        Split {
+            chunks: vec![Chunk { file, start, len }],
+        }
+    }
+
+    /// Total bytes (or rows) of the split.
+    pub fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len).sum()
+    }
+
+    /// True when the split holds no bytes (only empty files, or nothing).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `(file, offset)` of the record at split position `pos`.
+    pub fn locate(&self, pos: u64) -> Option<(u32, u64)> {
+        let mut base = 0;
+        for c in &self.chunks {
+            if pos < base + c.len {
+                return Some((c.file, c.start + pos - base));
+            }
+            base += c.len;
+        }
+        None
+    }
+}
+
+/// How [`expand_inputs`] walks directories.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Walk {
+    /// Follow symbolic links met while walking (symlinks named as inputs are always
+    /// followed). A link back to one of its own ancestors is refused as an error.
+    pub follow: bool,
+}
+
 /// Expands the user's input paths into an ordered list of files: a file stays as given; a
-/// directory contributes its files recursively, sorted by name, skipping names that start
-/// with `_` or `.` (job markers such as `_SUCCESS`, hidden files).
+/// directory contributes its regular files recursively, in path order, skipping names that
+/// start with `_` or `.` (job markers such as `_SUCCESS`, hidden files) and — unless
+/// `walk.follow` — symbolic links, as `grep -r` and ripgrep do. A symlink named as an input
+/// is followed. Directories are walked in parallel (the `ignore` crate, ripgrep's walker).
 pub fn expand_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
-    let mut files = Vec::new();
+    expand_inputs_with(paths, Walk::default())
+}
+
+/// [`expand_inputs`] with explicit walking rules.
+pub fn expand_inputs_with(paths: &[PathBuf], walk: Walk) -> Result<Vec<InputFile>> {
+    let mut files: Vec<(PathBuf, u64)> = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
-            collect_dir(path, &mut files)?;
+            files.extend(walk_dir(path, walk)?);
         } else {
             File::open(path).map_err(|e| Error::io(path, e))?;
-            files.push(path.clone());
+            files.push((path.clone(), meta.len()));
         }
     }
     if files.is_empty() {
@@ -48,40 +114,114 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
                 .join(", ")
         )));
     }
+    let count = u32::try_from(files.len())
+        .map_err(|_| Error::Usage(format!("{} input files; the limit is 2^32", files.len())))?;
+    debug_assert!(count as usize == files.len());
     Ok(files
         .into_iter()
         .enumerate()
-        .map(|(i, path)| InputFile {
+        .map(|(i, (path, size))| InputFile {
             index: i as u32,
             name: path.display().to_string(),
             path,
+            size,
         })
         .collect())
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries = std::fs::read_dir(dir)
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with('_') || n.starts_with('.'))
+}
+
+/// The regular files below `dir` with their sizes, sorted by path (which is the order of a
+/// depth-first walk that visits each directory's entries by name).
+fn walk_dir(dir: &Path, walk: Walk) -> Result<Vec<(PathBuf, u64)>> {
+    // A directory named through a symlink is walked at its target, and the names are
+    // given back below the path the user typed.
+    let is_link = std::fs::symlink_metadata(dir)
         .map_err(|e| Error::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
-        .collect::<Result<Vec<_>>>()?;
-    entries.sort();
-    for path in entries {
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('_') || n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-        if meta.is_dir() {
-            collect_dir(&path, out)?;
-        } else {
-            File::open(&path).map_err(|e| Error::io(&path, e))?;
-            out.push(path);
+        .file_type()
+        .is_symlink();
+    let root = if is_link {
+        std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?
+    } else {
+        dir.to_path_buf()
+    };
+    let found = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    ignore::WalkBuilder::new(&root)
+        .standard_filters(false)
+        .follow_links(walk.follow)
+        .threads(threads)
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()))
+        .build_parallel()
+        .run(|| {
+            let (found, first_error) = (&found, &first_error);
+            Box::new(
+                move |entry: std::result::Result<ignore::DirEntry, ignore::Error>| {
+                    let fail = |e: Error| {
+                        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        slot.get_or_insert(e);
+                        ignore::WalkState::Quit
+                    };
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(e) => return fail(walk_error(dir, e)),
+                    };
+                    if !entry.file_type().is_some_and(|t| t.is_file()) {
+                        return ignore::WalkState::Continue;
+                    }
+                    let path = entry.path();
+                    let size = match entry.metadata() {
+                        Ok(m) => m.len(),
+                        Err(e) => return fail(walk_error(dir, e)),
+                    };
+                    if let Err(e) = File::open(path) {
+                        return fail(Error::io(path, e));
+                    }
+                    found
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((path.to_path_buf(), size));
+                    ignore::WalkState::Continue
+                },
+            )
+        });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut files = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if is_link {
+        for (path, _) in &mut files {
+            if let Ok(rel) = path.strip_prefix(&root) {
+                *path = dir.join(rel);
+            }
         }
     }
-    Ok(())
+    Ok(files)
+}
+
+/// A walk error as the user should read it: the path, and what went wrong there.
+fn walk_error(dir: &Path, e: ignore::Error) -> Error {
+    fn innermost(e: &ignore::Error) -> &ignore::Error {
+        match e {
+            ignore::Error::WithPath { err, .. }
+            | ignore::Error::WithDepth { err, .. }
+            | ignore::Error::WithLineNumber { err, .. } => innermost(err),
+            e => e,
+        }
+    }
+    match innermost(&e) {
+        ignore::Error::Loop { ancestor, child } => Error::Usage(format!(
+            "{}: symbolic link loop: it leads back to {} (drop --follow, or remove the link)",
+            child.display(),
+            ancestor.display()
+        )),
+        _ => Error::Usage(format!("cannot walk {}: {e}", dir.display())),
+    }
 }
 
 /// The synthetic input entry of [`InputFormat::Rows`] jobs.
@@ -90,98 +230,108 @@ pub fn rows_input() -> InputFile {
         index: 0,
         path: PathBuf::new(),
         name: "rows".to_string(),
+        size: 0,
     }
 }
 
-/// Cuts `files` into splits of about `split_size` bytes at record boundaries.
+/// Cuts `files` into splits of about `split_size` bytes at record boundaries, packing
+/// small files and the tails of large ones together (see the module docs).
 ///
-/// Empty files get one empty split, so every file is seen by some map task. For
-/// [`InputFormat::Rows`], `files` is ignored and the rows are cut into `split_size`-row splits.
+/// Empty files become zero-length chunks, so every file is seen by some map task. For
+/// [`InputFormat::Rows`], `files` is ignored and the rows are cut into `split_size`-row
+/// splits.
 pub fn plan_splits(
     files: &[InputFile],
     format: InputFormat,
     split_size: u64,
 ) -> Result<Vec<Split>> {
     let split_size = split_size.max(1);
-    let mut splits = Vec::new();
     if let InputFormat::Rows(rows) = format {
+        let mut splits = Vec::new();
         let mut start = 0;
         while start < rows {
             let len = split_size.min(rows - start);
-            splits.push(Split {
-                file: 0,
-                start,
-                len,
-            });
+            splits.push(Split::single(0, start, len));
             start += len;
         }
         return Ok(splits);
     }
+    let mut splits = Vec::new();
+    let mut current = Split::default();
+    let mut filled = 0u64;
     for input in files {
-        let file = File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io(&input.path, e))?
-            .len();
+        let size = input.size;
+        if let InputFormat::Fixed(rec) = format {
+            let rec = rec as u64;
+            if size % rec != 0 {
+                return Err(Error::BadInput {
+                    path: input.path.clone(),
+                    offset: size - size % rec,
+                    message: format!(
+                        "file size {size} is not a multiple of the {rec}-byte record size \
+                         (trailing partial record of {} bytes)",
+                        size % rec
+                    ),
+                });
+            }
+        }
         if size == 0 {
-            splits.push(Split {
+            current.chunks.push(Chunk {
                 file: input.index,
                 start: 0,
                 len: 0,
             });
             continue;
         }
-        match format {
-            InputFormat::Fixed(rec) => {
-                let rec = rec as u64;
-                if size % rec != 0 {
-                    return Err(Error::BadInput {
-                        path: input.path.clone(),
-                        offset: size - size % rec,
-                        message: format!(
-                            "file size {size} is not a multiple of the {rec}-byte record size \
-                             (trailing partial record of {} bytes)",
-                            size % rec
-                        ),
-                    });
-                }
-                let step = (split_size / rec).max(1) * rec;
-                let mut start = 0;
-                while start < size {
-                    let len = step.min(size - start);
-                    splits.push(Split {
-                        file: input.index,
-                        start,
-                        len,
-                    });
-                    start += len;
-                }
-            }
-            InputFormat::Lines => {
-                let map = map_file(&file, &input.path, 0, size)?;
-                let mut start = 0u64;
-                while start < size {
-                    let nominal = start + split_size;
-                    let end = if nominal >= size {
-                        size
-                    } else {
-                        // The boundary goes right after the first '\n' at or after byte nominal-1,
-                        // so a line that ends exactly at the nominal boundary stays whole.
-                        match memchr::memchr(b'\n', &map[(nominal - 1) as usize..]) {
+        // Mapped only if a cut falls inside this file (text needs to look for a '\n').
+        let mut map: Option<Mmap> = None;
+        let mut pos = 0u64;
+        while pos < size {
+            let room = split_size - filled;
+            let end = if size - pos <= room {
+                size
+            } else {
+                match format {
+                    InputFormat::Fixed(rec) => {
+                        let rec = rec as u64;
+                        // At least one record when the split is still empty.
+                        let whole = (room / rec).max(u64::from(filled == 0));
+                        pos + whole * rec
+                    }
+                    _ => {
+                        if map.is_none() {
+                            let file =
+                                File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
+                            map = Some(map_file(&file, &input.path, 0, size)?);
+                        }
+                        let bytes = map.as_deref().unwrap_or(&[]);
+                        // The cut goes right after the first '\n' at or after byte
+                        // nominal-1, so a line that ends exactly at the nominal cut stays whole.
+                        let nominal = pos + room;
+                        match memchr::memchr(b'\n', &bytes[(nominal - 1) as usize..]) {
                             Some(i) => nominal + i as u64,
                             None => size,
                         }
-                    };
-                    splits.push(Split {
-                        file: input.index,
-                        start,
-                        len: end - start,
-                    });
-                    start = end;
+                    }
                 }
+            };
+            if end > pos {
+                current.chunks.push(Chunk {
+                    file: input.index,
+                    start: pos,
+                    len: end - pos,
+                });
+                filled += end - pos;
             }
-            InputFormat::Rows(_) => unreachable!("handled above"),
+            if filled >= split_size || (end == pos && filled > 0) {
+                splits.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+            pos = end;
         }
+    }
+    if !current.chunks.is_empty() {
+        splits.push(current);
     }
     Ok(splits)
 }
@@ -192,12 +342,8 @@ pub fn plan_row_splits(rows: u64, parts: u64) -> Vec<Split> {
     let parts = parts.clamp(1, rows.max(1));
     let at = |k: u64| (u128::from(k) * u128::from(rows) / u128::from(parts)) as u64;
     (0..parts)
-        .map(|k| Split {
-            file: 0,
-            start: at(k),
-            len: at(k + 1) - at(k),
-        })
-        .filter(|s| s.len > 0)
+        .map(|k| Split::single(0, at(k), at(k + 1) - at(k)))
+        .filter(|s| !s.is_empty())
         .collect()
 }
 
@@ -216,42 +362,66 @@ pub fn map_file(file: &File, path: &Path, offset: u64, len: u64) -> Result<Mmap>
     Ok(map)
 }
 
-/// The mapped bytes of one split, from which records are read in place.
+/// Chunks up to this size are read into memory rather than mapped: for a small file a
+/// `read` is cheaper than setting up and tearing down a mapping, and it does not count
+/// against `vm.max_map_count`.
+pub const READ_BELOW: u64 = 64 << 10;
+
+/// The bytes of one chunk, from which records are read in place.
 #[derive(Debug)]
-pub struct SplitData {
-    map: Option<Mmap>,
+pub struct ChunkData {
+    bytes: ChunkBytes,
 }
 
-impl SplitData {
-    /// Maps the split (nothing is mapped for empty splits and row ranges).
-    pub fn open(input: &InputFile, split: &Split, format: InputFormat) -> Result<Self> {
-        if split.len == 0 || matches!(format, InputFormat::Rows(_)) {
-            return Ok(SplitData { map: None });
+#[derive(Debug)]
+enum ChunkBytes {
+    Empty,
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl ChunkData {
+    /// Maps (or, below [`READ_BELOW`], reads) the chunk; nothing for empty chunks and rows.
+    pub fn open(input: &InputFile, chunk: &Chunk, format: InputFormat) -> Result<Self> {
+        if chunk.len == 0 || matches!(format, InputFormat::Rows(_)) {
+            return Ok(ChunkData {
+                bytes: ChunkBytes::Empty,
+            });
         }
-        let file = File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
-        Ok(SplitData {
-            map: Some(map_file(&file, &input.path, split.start, split.len)?),
-        })
+        let mut file = File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
+        let bytes = if chunk.len < READ_BELOW {
+            let mut buf = vec![0u8; chunk.len as usize];
+            read_exact_at(&mut file, chunk.start, &mut buf)
+                .map_err(|e| Error::io(&input.path, e))?;
+            ChunkBytes::Read(buf)
+        } else {
+            ChunkBytes::Mapped(map_file(&file, &input.path, chunk.start, chunk.len)?)
+        };
+        Ok(ChunkData { bytes })
     }
 
-    /// The split's bytes.
+    /// The chunk's bytes.
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.bytes {
+            ChunkBytes::Empty => &[],
+            ChunkBytes::Mapped(m) => m,
+            ChunkBytes::Read(v) => v,
+        }
     }
 
-    /// Iterates the split's records in file order.
+    /// Iterates the chunk's records in file order.
     pub fn records<'a>(
         &'a self,
         input: &'a InputFile,
-        split: &Split,
+        chunk: &Chunk,
         format: InputFormat,
     ) -> Records<'a> {
         Records {
             data: self.bytes(),
             pos: 0,
-            base: split.start,
+            base: chunk.start,
             rows_left: if matches!(format, InputFormat::Rows(_)) {
-                split.len
+                chunk.len
             } else {
                 0
             },
@@ -261,7 +431,29 @@ impl SplitData {
     }
 }
 
-/// Iterator over the records of one split.
+/// Reads exactly `buf.len()` bytes at `offset`; a file that shrank since planning is an
+/// error naming how many bytes were missing.
+fn read_exact_at(file: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    if offset > 0 {
+        file.seek(SeekFrom::Start(offset))?;
+    }
+    file.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "file is shorter than when the job was planned ({} bytes expected from byte {offset})",
+                    buf.len()
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Iterator over the records of one chunk.
 #[derive(Debug)]
 pub struct Records<'a> {
     data: &'a [u8],
@@ -334,10 +526,12 @@ mod tests {
     ) -> Vec<(u32, u64, Vec<u8>)> {
         let mut got = Vec::new();
         for s in splits {
-            let input = &files[s.file as usize];
-            let data = SplitData::open(input, s, format).unwrap();
-            for r in data.records(input, s, format) {
-                got.push((input.index, r.offset, r.data.to_vec()));
+            for c in &s.chunks {
+                let input = &files[c.file as usize];
+                let data = ChunkData::open(input, c, format).unwrap();
+                for r in data.records(input, c, format) {
+                    got.push((input.index, r.offset, r.data.to_vec()));
+                }
             }
         }
         got
@@ -356,49 +550,135 @@ mod tests {
         want
     }
 
+    /// Checks that the chunks of `splits` tile every file exactly, in input order, with
+    /// each text cut just after a '\n'.
+    fn assert_tiles(files: &[InputFile], contents: &[Vec<u8>], splits: &[Split]) {
+        let chunks: Vec<Chunk> = splits.iter().flat_map(|s| s.chunks.clone()).collect();
+        let mut next = 0usize;
+        for (f, text) in files.iter().zip(contents) {
+            let mut pos = 0u64;
+            loop {
+                let c = chunks[next];
+                assert_eq!((c.file, c.start), (f.index, pos), "chunk {next}");
+                if c.start > 0 {
+                    assert_eq!(text[c.start as usize - 1], b'\n');
+                }
+                pos += c.len;
+                next += 1;
+                if pos == text.len() as u64 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(next, chunks.len());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
-        /// Splits never cut a line: reading every split yields exactly the file's lines.
+        /// Splits never cut a line, and packing several files keeps every line exactly once,
+        /// in input order, named by its own file and offset.
         #[test]
         fn text_splits_never_cut_a_record(
-            lines in proptest::collection::vec(proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'\n'), Just(b'z')], 0..40), 0..60),
-            trailing_newline in any::<bool>(),
+            contents in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'\n'), Just(b'z')], 0..300),
+                1..6),
             split_size in 1u64..200,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut text: Vec<u8> = lines.join(&b'\n');
-            if trailing_newline { text.push(b'\n'); }
-            let path = write_file(dir.path(), "a.txt", &text);
-            let files = expand_inputs(&[path]).unwrap();
+            let paths: Vec<PathBuf> = contents
+                .iter()
+                .enumerate()
+                .map(|(i, text)| write_file(dir.path(), &format!("f{i}"), text))
+                .collect();
+            let files = expand_inputs(&paths).unwrap();
             let splits = plan_splits(&files, InputFormat::Lines, split_size).unwrap();
-            // Splits tile the file exactly, and each boundary is just after a '\n'.
-            let mut pos = 0;
-            for s in &splits {
-                prop_assert_eq!(s.start, pos);
-                if s.start > 0 { prop_assert_eq!(text[s.start as usize - 1], b'\n'); }
-                pos += s.len;
+            assert_tiles(&files, &contents, &splits);
+            // Every split but the last is at least the split size (files are packed).
+            for s in &splits[..splits.len().saturating_sub(1)] {
+                prop_assert!(s.len() >= split_size, "{s:?}");
             }
-            prop_assert_eq!(pos, text.len() as u64);
-            prop_assert_eq!(read_all(&files, &splits, InputFormat::Lines), expected_lines(&files, &[text]));
+            prop_assert_eq!(read_all(&files, &splits, InputFormat::Lines), expected_lines(&files, &contents));
         }
 
-        /// Fixed-size splits are whole records and cover the file.
+        /// Fixed-size splits are whole records and cover every file.
         #[test]
-        fn fixed_splits_never_cut_a_record(records in 0usize..50, split_size in 1u64..1000) {
+        fn fixed_splits_never_cut_a_record(
+            records in proptest::collection::vec(0usize..30, 1..5),
+            split_size in 1u64..1000,
+        ) {
             let dir = tempfile::tempdir().unwrap();
-            let bytes: Vec<u8> = (0..records * 100).map(|i| (i / 100) as u8).collect();
-            let path = write_file(dir.path(), "r.bin", &bytes);
-            let files = expand_inputs(&[path]).unwrap();
+            let paths: Vec<PathBuf> = records
+                .iter()
+                .enumerate()
+                .map(|(f, &n)| {
+                    let bytes: Vec<u8> = (0..n * 100).map(|i| (i / 100 + f * 31) as u8).collect();
+                    write_file(dir.path(), &format!("r{f}"), &bytes)
+                })
+                .collect();
+            let files = expand_inputs(&paths).unwrap();
             let splits = plan_splits(&files, InputFormat::Fixed(100), split_size).unwrap();
-            for s in &splits { prop_assert_eq!(s.start % 100, 0); prop_assert_eq!(s.len % 100, 0); }
-            let got = read_all(&files, &splits, InputFormat::Fixed(100));
-            prop_assert_eq!(got.len(), records);
-            for (i, (_, off, data)) in got.iter().enumerate() {
-                prop_assert_eq!(*off, i as u64 * 100);
-                prop_assert_eq!(data, &vec![i as u8; 100]);
+            for s in &splits {
+                prop_assert!(!s.chunks.is_empty());
+                for c in &s.chunks { prop_assert_eq!(c.start % 100, 0); prop_assert_eq!(c.len % 100, 0); }
             }
+            let got = read_all(&files, &splits, InputFormat::Fixed(100));
+            let want: Vec<(u32, u64, Vec<u8>)> = records
+                .iter()
+                .enumerate()
+                .flat_map(|(f, &n)| (0..n).map(move |i| (f as u32, i as u64 * 100, vec![(i + f * 31) as u8; 100])))
+                .collect();
+            prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn small_files_are_packed_into_few_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..500 {
+            write_file(
+                dir.path(),
+                &format!("f{i:03}"),
+                format!("line {i}\n").as_bytes(),
+            );
+        }
+        write_file(dir.path(), "g-empty", b"");
+        let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(files.len(), 501);
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let splits = plan_splits(&files, InputFormat::Lines, 1024).unwrap();
+        assert_eq!(splits.len() as u64, total.div_ceil(1024), "{} bytes", total);
+        // The empty file is still seen, as a zero-length chunk of the last split.
+        let last = splits.last().unwrap().chunks.last().unwrap();
+        assert_eq!((last.file, last.len), (500, 0));
+    }
+
+    #[test]
+    fn positions_locate_records_across_chunks() {
+        let split = Split {
+            chunks: vec![
+                Chunk {
+                    file: 3,
+                    start: 100,
+                    len: 10,
+                },
+                Chunk {
+                    file: 4,
+                    start: 0,
+                    len: 0,
+                },
+                Chunk {
+                    file: 5,
+                    start: 0,
+                    len: 7,
+                },
+            ],
+        };
+        assert_eq!(split.locate(0), Some((3, 100)));
+        assert_eq!(split.locate(9), Some((3, 109)));
+        assert_eq!(split.locate(10), Some((5, 0)));
+        assert_eq!(split.locate(16), Some((5, 6)));
+        assert_eq!(split.locate(17), None);
     }
 
     #[test]
@@ -422,16 +702,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_file(dir.path(), "b", b"2\n");
         write_file(dir.path(), "a", b"1\n");
+        write_file(dir.path(), "a.txt", b"1\n");
         write_file(dir.path(), "_SUCCESS", b"");
         write_file(dir.path(), ".hidden", b"x");
+        std::fs::create_dir(dir.path().join("a.d")).unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        write_file(&dir.path().join(".git"), "config", b"x");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         write_file(&dir.path().join("sub"), "c", b"3\n");
+        write_file(&dir.path().join("a.d"), "z", b"3\n");
         let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
         let names: Vec<_> = files
             .iter()
-            .map(|f| f.path.file_name().unwrap().to_str().unwrap().to_string())
+            .map(|f| {
+                f.path
+                    .strip_prefix(dir.path())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
             .collect();
-        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(names, ["a", "a.d/z", "a.txt", "b", "sub/c"]);
+    }
+
+    #[test]
+    fn symlinks_are_followed_only_when_named_or_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("real")).unwrap();
+        write_file(&tree.join("real"), "f", b"x\n");
+        std::os::unix::fs::symlink(tree.join("real"), tree.join("link")).unwrap();
+        std::os::unix::fs::symlink(tree.join("real/f"), tree.join("flink")).unwrap();
+        let rel = |files: Vec<InputFile>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| {
+                    f.path
+                        .strip_prefix(dir.path())
+                        .unwrap()
+                        .display()
+                        .to_string()
+                })
+                .collect()
+        };
+        // Walking does not follow links, as grep -r and rg do not.
+        assert_eq!(
+            rel(expand_inputs(std::slice::from_ref(&tree)).unwrap()),
+            ["tree/real/f"]
+        );
+        // --follow does.
+        let follow = Walk { follow: true };
+        assert_eq!(
+            rel(expand_inputs_with(std::slice::from_ref(&tree), follow).unwrap()),
+            ["tree/flink", "tree/link/f", "tree/real/f"]
+        );
+        // A link named as an input is followed, and keeps the name it was given by.
+        assert_eq!(
+            rel(expand_inputs(&[tree.join("link")]).unwrap()),
+            ["tree/link/f"]
+        );
+        // A loop is refused with --follow, naming the link.
+        std::os::unix::fs::symlink(&tree, tree.join("real/up")).unwrap();
+        let err = expand_inputs_with(std::slice::from_ref(&tree), follow)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loop") && err.contains("up"), "{err}");
+        // Without --follow the loop is never entered.
+        assert_eq!(rel(expand_inputs(&[tree]).unwrap()), ["tree/real/f"]);
     }
 
     #[test]
@@ -448,15 +785,13 @@ mod tests {
         let files = expand_inputs(&[path]).unwrap();
         assert_eq!(
             plan_splits(&files, InputFormat::Lines, 10).unwrap(),
-            vec![Split {
-                file: 0,
-                start: 0,
-                len: 0
-            }]
+            vec![Split::single(0, 0, 0)]
         );
         let rows = plan_splits(&[], InputFormat::Rows(25), 10).unwrap();
         assert_eq!(
-            rows.iter().map(|s| (s.start, s.len)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|s| (s.chunks[0].start, s.len()))
+                .collect::<Vec<_>>(),
             [(0, 10), (10, 10), (20, 5)]
         );
     }

@@ -40,16 +40,20 @@ pub struct InputFile {
     /// The name shown to users (the path as given on the command line, or joined below a
     /// directory that was given).
     pub name: String,
+    /// The file's size in bytes when the job was planned.
+    pub size: u64,
 }
 
-/// The piece of input a map task reads.
+/// One chunk of a map task's split: a byte range of one file (see [`crate::input::Split`]).
+/// [`Job::map_split`] is called once per chunk, in input order, all feeding the same task
+/// output, so per-chunk state is per-file state.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitInfo<'a> {
     /// The file (or, for [`InputFormat::Rows`], a synthetic entry named `rows`).
     pub input: &'a InputFile,
-    /// First byte (or row) of the split.
+    /// First byte (or row) of the chunk in its file.
     pub start: u64,
-    /// Bytes (or rows) in the split.
+    /// Bytes (or rows) in the chunk.
     pub len: u64,
 }
 
@@ -191,7 +195,7 @@ impl Pacer {
 }
 
 impl TaskControl {
-    /// A control for an attempt that must skip the records at `skip` (byte offsets) and
+    /// A control for an attempt that must skip the records at `skip` (split positions) and
     /// suffer `faults`.
     pub fn new(mut skip: Vec<u64>, faults: Faults) -> TaskControl {
         skip.sort_unstable();
@@ -203,7 +207,8 @@ impl TaskControl {
         }
     }
 
-    /// Offset of the record the attempt is processing (`None` before the first).
+    /// Position in its split (see [`crate::input::Split`]) of the record the attempt is
+    /// processing (`None` before the first).
     pub fn current_record(&self) -> Option<u64> {
         Some(self.current.load(Ordering::Relaxed)).filter(|&o| o != u64::MAX)
     }
@@ -270,6 +275,10 @@ pub struct MapContext<'a> {
     pub(crate) sink: &'a mut dyn Sink,
     pub(crate) counters: &'a mut Counters,
     pub(crate) control: Option<&'a TaskControl>,
+    /// Units of the split before the current chunk, and the split's total: progress
+    /// reported for a chunk is placed inside the split's.
+    pub(crate) base: u64,
+    pub(crate) split_total: u64,
 }
 
 impl std::fmt::Debug for MapContext<'_> {
@@ -287,6 +296,8 @@ impl<'a> MapContext<'a> {
             sink,
             counters,
             control: None,
+            base: 0,
+            split_total: 0,
         }
     }
 
@@ -296,11 +307,21 @@ impl<'a> MapContext<'a> {
         self
     }
 
+    /// Places the chunk being mapped inside its split: `base` units come before it, of
+    /// `split_total`.
+    pub(crate) fn at(mut self, base: u64, split_total: u64) -> Self {
+        self.base = base;
+        self.split_total = split_total;
+        self
+    }
+
     /// Reports progress of a `map_split` that does not consume the records iterator (which
-    /// otherwise reports it): `done` of `total` units. Speculation judges attempts by it.
+    /// otherwise reports it): `done` of `total` units of the current chunk. Speculation
+    /// judges attempts by it.
     pub fn progress(&mut self, done: u64, total: u64) {
         if let Some(control) = self.control {
-            control.set_progress(done, total);
+            let total = self.split_total.max(self.base + total);
+            control.set_progress(self.base + done, total);
         }
     }
 
@@ -358,9 +379,10 @@ pub trait Job: Send + Sync {
     /// Maps one record.
     fn map(&self, record: &Record<'_>, ctx: &mut MapContext<'_>);
 
-    /// Maps a whole split. The default calls [`Job::map`] per record; override it to keep
-    /// state across the records of a split (in-mapper combining, per-split summaries, or
-    /// generating a range of rows at once).
+    /// Maps one chunk of a split: a range of one file (a split packs several small files,
+    /// and `map_split` is called for each, in input order). The default calls [`Job::map`]
+    /// per record; override it to keep state across the records of a chunk (in-mapper
+    /// combining, per-file summaries, or generating a range of rows at once).
     fn map_split(
         &self,
         split: &SplitInfo<'_>,

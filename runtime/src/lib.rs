@@ -23,6 +23,7 @@ pub mod map;
 pub mod output;
 pub mod reduce;
 pub mod report;
+pub mod task;
 
 pub use error::{Error, Result};
 pub use input::{expand_inputs, Split};

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use quern_scheduler::{Phase, TaskId};
+use quern_scheduler::TaskId;
 
 use crate::input::{plan_splits, rows_input, Split};
 use crate::io::IoService;
 use crate::job::{Counters, InputFile, InputFormat, Job, TaskControl};
-use crate::map::{run_map, run_map_only, MapEnv, MapOutput, RunFile};
+use crate::map::RunFile;
 use crate::output::OutputDir;
-use crate::reduce::run_reduce;
+use crate::task::{self, Source, TaskEnv};
 use crate::{Error, Result};
 
 /// How to run a job locally.
@@ -32,8 +32,11 @@ pub struct LocalConfig {
     pub reducers: u32,
     /// Split size in bytes (rows for [`InputFormat::Rows`]).
     pub split_size: u64,
-    /// Sort-buffer memory for all concurrently running tasks together, bytes.
+    /// Memory for all concurrently running tasks together, bytes: each task's share
+    /// bounds its sort buffer (map) or its fetched segments and merge buffers (reduce).
     pub memory: u64,
+    /// Segments a reduce merges at once (see [`crate::task::merge`]).
+    pub merge_factor: usize,
 }
 
 /// What a finished job reports.
@@ -134,66 +137,48 @@ fn execute(
         (IoService::auto(), cfg.threads.max(1))
     };
     let work_dir = out.work_dir();
+    // `memory` is this machine's budget, shared by the tasks that run at once.
     let slots = threads.min(plan.splits.len().max(1));
-    let memory = usize::try_from(cfg.memory / slots as u64)
-        .unwrap_or(usize::MAX)
-        .max(1 << 20);
-    let env = MapEnv {
+    let env = TaskEnv {
         io: &io,
         work_dir: &work_dir,
         reducers: cfg.reducers,
-        memory,
+        memory: (cfg.memory / slots as u64).max(1 << 20),
+        merge_factor: cfg.merge_factor,
     };
+    let control = TaskControl::default();
     let mut counters = Counters::default();
-    let map_task = |i: usize| -> Result<(Option<MapOutput>, Counters)> {
+    let map_task = |i: usize| -> Result<(Vec<RunFile>, Counters)> {
         let split = &plan.splits[i];
-        let input = &plan.inputs[split.file as usize];
-        let task = TaskId {
-            phase: Phase::Map,
-            index: i as u32,
-        };
-        guarded(
-            &format!("{task} ({} byte {})", input.name, split.start),
-            || {
-                if cfg.reducers == 0 {
-                    let tmp = out.attempt_file(i, 0);
-                    let c = run_map_only(job, input, split, &tmp, &io, &TaskControl::default())?;
-                    out.commit_task(&tmp, i)?;
-                    Ok((None, c))
-                } else {
-                    let (o, c) = run_map(
-                        job,
-                        input,
-                        split,
-                        &format!("map-{i:05}"),
-                        &env,
-                        &TaskControl::default(),
-                    )?;
-                    Ok((Some(o), c))
-                }
-            },
-        )
+        let task = TaskId::map(i as u32);
+        let first = split.chunks.first().map_or(("?", 0), |c| {
+            let name = plan
+                .inputs
+                .get(c.file as usize)
+                .map_or("?", |f| f.name.as_str());
+            (name, c.start)
+        });
+        guarded(&format!("{task} ({} byte {})", first.0, first.1), || {
+            task::map_task(job, &plan.inputs, split, i as u32, 0, out, &env, &control)
+        })
     };
     let maps = run_pool(threads, plan.splits.len(), map_task)?;
-    let mut runs: Vec<RunFile> = Vec::new();
-    for (o, c) in maps {
+    let mut runs: Vec<(u32, RunFile)> = Vec::new();
+    for (m, (map_runs, c)) in maps.into_iter().enumerate() {
         counters.merge(&c);
-        runs.extend(o.into_iter().flat_map(|o| o.runs));
+        runs.extend(map_runs.into_iter().map(|r| (m as u32, r)));
     }
     if cfg.reducers == 0 {
         return Ok((counters, 0));
     }
-    let run_refs: Vec<&RunFile> = runs.iter().collect();
     let reduce_task = |part: usize| -> Result<Counters> {
-        let task = TaskId {
-            phase: Phase::Reduce,
-            index: part as u32,
-        };
+        let task = TaskId::reduce(part as u32);
         guarded(&task.to_string(), || {
-            let tmp = out.attempt_file(part, 0);
-            let c = run_reduce(job, &run_refs, part, &tmp, &io)?;
-            out.commit_task(&tmp, part)?;
-            Ok(c)
+            let mut input = env.reduce_input(part as u32, 0);
+            for (map, run) in &runs {
+                input.add(Source::of_run(run, part, Some(*map))?);
+            }
+            task::reduce_task(job, input, part as u32, 0, out, &io, &control)
         })
     };
     for c in run_pool(threads, cfg.reducers as usize, reduce_task)? {

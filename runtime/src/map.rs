@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 
 use quern_shuffle::BlockWriter;
 
-use crate::input::{Split, SplitData};
+use crate::input::{ChunkData, Split};
 use crate::io::{FileWriter, IoService};
-use crate::job::{Counters, InputFile, Job, MapContext, Pacer, Sink, SplitInfo, TaskControl};
+use crate::job::{
+    Counters, InputFile, InputFormat, Job, MapContext, Pacer, Sink, SplitInfo, TaskControl,
+};
 use crate::{Error, Result};
 
 /// Bytes handed to the I/O layer per write.
@@ -82,6 +84,13 @@ struct SortBuffer<'a> {
 }
 
 impl SortBuffer<'_> {
+    /// Removes the runs spilled so far (the attempt failed: nobody will read them).
+    fn remove_runs(&mut self) {
+        for run in self.runs.drain(..) {
+            let _ = std::fs::remove_file(&run.path);
+        }
+    }
+
     fn used(&self) -> usize {
         self.arena.len() + self.entries.len() * std::mem::size_of::<Entry>()
     }
@@ -274,25 +283,83 @@ impl Sink for DirectSink<'_> {
     }
 }
 
+/// Feeds every chunk of `split` through `job.map_split` into `sink`, in input order.
+/// Returns (records read, records skipped as bad).
+fn feed_split(
+    job: &dyn Job,
+    inputs: &[InputFile],
+    split: &Split,
+    sink: &mut dyn Sink,
+    counters: &mut Counters,
+    control: &TaskControl,
+) -> Result<(u128, u128)> {
+    let format = job.input_format();
+    let total = split.len();
+    control.set_progress(0, total);
+    let (mut records_in, mut skipped, mut base) = (0u128, 0u128, 0u64);
+    for chunk in &split.chunks {
+        let input = inputs.get(chunk.file as usize).ok_or_else(|| {
+            Error::Usage(format!(
+                "split names input {} of {}",
+                chunk.file,
+                inputs.len()
+            ))
+        })?;
+        let data = ChunkData::open(input, chunk, format)?;
+        let mut records = data.records(input, chunk, format);
+        let info = SplitInfo {
+            input,
+            start: chunk.start,
+            len: chunk.len,
+        };
+        let mut counted = CountingRecords::new(&mut records, chunk.start, base, control);
+        {
+            let mut ctx = MapContext::new(&mut *sink, &mut *counters)
+                .with_control(control)
+                .at(base, total);
+            job.map_split(&info, &mut counted, &mut ctx);
+        }
+        records_in += counted.n;
+        skipped += counted.skipped;
+        if control.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        base += chunk.len;
+    }
+    control.set_progress(total, total);
+    Ok((records_in, skipped))
+}
+
+fn count_input(counters: &mut Counters, format: InputFormat, split: &Split, read: (u128, u128)) {
+    let (records_in, skipped) = read;
+    counters.add("map.input.records", records_in);
+    if skipped > 0 {
+        counters.add("map.skipped.records", skipped);
+    }
+    let bytes = match format {
+        InputFormat::Rows(_) => 0,
+        _ => split.len(),
+    };
+    counters.add("map.input.bytes", u128::from(bytes));
+}
+
 /// Runs `job`'s map over one split, producing sorted runs in `env.work_dir`.
 pub fn run_map(
     job: &dyn Job,
-    input: &InputFile,
+    inputs: &[InputFile],
     split: &Split,
     name: &str,
     env: &MapEnv<'_>,
     control: &TaskControl,
 ) -> Result<(MapOutput, Counters)> {
     let format = job.input_format();
-    let data = SplitData::open(input, split, format)?;
-    let mut records = data.records(input, split, format);
     // Most jobs emit about as many bytes as they read: reserve that much up front (within
     // the budget) instead of growing the arena by repeated copies.
-    let expect = usize::try_from(split.len)
+    let expect = usize::try_from(split.len())
         .unwrap_or(usize::MAX)
         .min(env.memory / 2);
     let expect_entries = match format {
-        crate::InputFormat::Fixed(n) => expect / n.max(1),
+        InputFormat::Fixed(n) => expect / n.max(1),
         _ => expect / 64,
     };
     let mut buffer = SortBuffer {
@@ -306,53 +373,27 @@ pub fn run_map(
         counters: Counters::default(),
     };
     let mut counters = Counters::default();
-    let info = SplitInfo {
-        input,
-        start: split.start,
-        len: split.len,
-    };
-    let mut counted = CountingRecords::new(&mut records, split.start, control);
-    control.set_progress(0, split.len);
-    {
-        let mut ctx = MapContext::new(&mut buffer, &mut counters).with_control(control);
-        job.map_split(&info, &mut counted, &mut ctx);
-    }
-    let (records_in, skipped) = (counted.n, counted.skipped);
-    if control.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
+    let read = feed_split(job, inputs, split, &mut buffer, &mut counters, control);
     if let Some(e) = buffer.error.take() {
+        buffer.remove_runs();
         return Err(e);
     }
-    buffer.spill()?;
+    let read = read.inspect_err(|_| buffer.remove_runs())?;
+    buffer.spill().inspect_err(|_| buffer.remove_runs())?;
     counters.merge(&buffer.counters);
-    counters.add("map.input.records", records_in);
-    if skipped > 0 {
-        counters.add("map.skipped.records", skipped);
-    }
-    counters.add(
-        "map.input.bytes",
-        u128::from(if matches!(format, crate::InputFormat::Rows(_)) {
-            0
-        } else {
-            split.len
-        }),
-    );
+    count_input(&mut counters, format, split, read);
     Ok((MapOutput { runs: buffer.runs }, counters))
 }
 
 /// Runs a map-only task: the output goes to `out_path` (not yet committed).
 pub fn run_map_only(
     job: &dyn Job,
-    input: &InputFile,
+    inputs: &[InputFile],
     split: &Split,
     out_path: &Path,
     io: &IoService,
     control: &TaskControl,
 ) -> Result<Counters> {
-    let format = job.input_format();
-    let data = SplitData::open(input, split, format)?;
-    let mut records = data.records(input, split, format);
     let mut sink = DirectSink {
         control,
         file: io.create(out_path)?,
@@ -361,21 +402,7 @@ pub fn run_map_only(
         records: 0,
     };
     let mut counters = Counters::default();
-    let info = SplitInfo {
-        input,
-        start: split.start,
-        len: split.len,
-    };
-    let mut counted = CountingRecords::new(&mut records, split.start, control);
-    control.set_progress(0, split.len);
-    {
-        let mut ctx = MapContext::new(&mut sink, &mut counters).with_control(control);
-        job.map_split(&info, &mut counted, &mut ctx);
-    }
-    let (records_in, skipped) = (counted.n, counted.skipped);
-    if control.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
+    let read = feed_split(job, inputs, split, &mut sink, &mut counters, control)?;
     let DirectSink {
         control: _,
         mut file,
@@ -391,10 +418,7 @@ pub fn run_map_only(
         file.write(out)?;
     }
     let bytes = file.finish(true)?;
-    counters.add("map.input.records", records_in);
-    if skipped > 0 {
-        counters.add("map.skipped.records", skipped);
-    }
+    count_input(&mut counters, job.input_format(), split, read);
     counters.add("map.output.records", records);
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)
@@ -407,18 +431,22 @@ struct CountingRecords<'r, I> {
     inner: &'r mut I,
     n: u128,
     skipped: u128,
+    /// The chunk's first byte (or row) in its file.
     start: u64,
+    /// The chunk's position in its split.
+    base: u64,
     control: &'r TaskControl,
     pacer: Pacer,
 }
 
 impl<'r, I> CountingRecords<'r, I> {
-    fn new(inner: &'r mut I, start: u64, control: &'r TaskControl) -> Self {
+    fn new(inner: &'r mut I, start: u64, base: u64, control: &'r TaskControl) -> Self {
         CountingRecords {
             inner,
             n: 0,
             skipped: 0,
             start,
+            base,
             control,
             pacer: Pacer::new(control),
         }
@@ -437,19 +465,15 @@ impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_,
                 }
                 self.pacer.pace();
             }
-            let Some(rec) = self.inner.next() else {
-                let (_, total) = self.control.progress();
-                self.control.set_progress(total, total);
-                return None;
-            };
+            let rec = self.inner.next()?;
             self.n += 1;
-            self.control.set_current(rec.offset);
+            // The record's position in its split names it across attempts.
+            let pos = self.base + rec.offset.saturating_sub(self.start);
+            self.control.set_current(pos);
             if self.n % 4096 == 0 {
-                let (_, total) = self.control.progress();
-                self.control
-                    .set_progress(rec.offset.saturating_sub(self.start), total);
+                self.control.set_done(pos);
             }
-            if self.control.skips(rec.offset) {
+            if self.control.skips(pos) {
                 self.skipped += 1;
                 continue;
             }

@@ -20,7 +20,7 @@ use rkyv::util::AlignedVec;
 use crate::input::map_file;
 use crate::io::FileWriter;
 use crate::job::{Counters, Job, ReduceContext, TaskControl};
-use crate::map::{key_prefix, RunFile, CHUNK};
+use crate::map::{key_prefix, CHUNK};
 use crate::{Error, Result};
 
 /// One partition's segment of one run: memory-mapped from local disk, or received over the
@@ -41,19 +41,16 @@ enum SegmentBytes {
 }
 
 impl Segment {
-    /// Maps partition `part` of a local `run` (an empty segment maps nothing).
-    pub fn open(run: &RunFile, part: usize) -> Result<Segment> {
-        let (offset, len) = run.segments.get(part).copied().ok_or_else(|| {
-            Error::Usage(format!("{} has no partition {part}", run.path.display()))
-        })?;
+    /// Maps `len` bytes of the file at `path` from `offset` (an empty segment maps nothing).
+    pub fn map_range(path: &Path, offset: u64, len: u64) -> Result<Segment> {
         let bytes = if len == 0 {
             SegmentBytes::Empty
         } else {
-            let file = File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
-            SegmentBytes::Mapped(map_file(&file, &run.path, offset, len)?)
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            SegmentBytes::Mapped(map_file(&file, path, offset, len)?)
         };
         Ok(Segment {
-            path: run.path.clone(),
+            path: path.to_path_buf(),
             offset,
             map: None,
             bytes,
@@ -207,6 +204,58 @@ impl Ord for Cursor<'_> {
     }
 }
 
+/// A k-way merge of sorted segments, in (key, value) order: the reduce's grouping loop and
+/// the merge planner's intermediate passes both read records through it.
+pub(crate) struct Merge<'a> {
+    heap: BinaryHeap<Cursor<'a>>,
+}
+
+impl<'a> Merge<'a> {
+    /// Opens a cursor on every non-empty segment (validating its first block).
+    /// `merged` accumulates the bytes of input consumed, for progress.
+    pub(crate) fn new(segments: &'a [Segment], merged: &'a Cell<u64>) -> Result<Merge<'a>> {
+        let mut heap = BinaryHeap::with_capacity(segments.len());
+        for (run, segment) in segments.iter().enumerate() {
+            if let Some(c) = Cursor::new(segment, run, merged)? {
+                heap.push(c);
+            }
+        }
+        Ok(Merge { heap })
+    }
+
+    /// The next record in order, or `None` at the end.
+    pub(crate) fn next_record(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>> {
+        let Some(mut top) = self.heap.peek_mut() else {
+            return Ok(None);
+        };
+        let record = (top.key, top.value);
+        // Advancing the top in place costs one sift-down.
+        if !top.advance()? {
+            std::collections::binary_heap::PeekMut::pop(top);
+        }
+        Ok(Some(record))
+    }
+
+    /// The next key in order, with all its values (in ascending order) in `values`; `None`
+    /// at the end.
+    pub(crate) fn next_key(&mut self, values: &mut Vec<&'a [u8]>) -> Result<Option<&'a [u8]>> {
+        values.clear();
+        let Some(key) = self.heap.peek().map(|top| top.key) else {
+            return Ok(None);
+        };
+        while let Some(mut next) = self.heap.peek_mut() {
+            if next.key != key {
+                break;
+            }
+            values.push(next.value);
+            if !next.advance()? {
+                std::collections::binary_heap::PeekMut::pop(next);
+            }
+        }
+        Ok(Some(key))
+    }
+}
+
 /// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
 /// output through `out`. Returns the task's counters.
 pub fn reduce_segments(
@@ -217,30 +266,13 @@ pub fn reduce_segments(
 ) -> Result<Counters> {
     control.set_progress(0, segments.iter().map(|s| s.bytes().len() as u64).sum());
     let merged = Cell::new(0);
-    let mut heap = BinaryHeap::with_capacity(segments.len());
-    for (run, segment) in segments.iter().enumerate() {
-        if let Some(c) = Cursor::new(segment, run, &merged)? {
-            heap.push(c);
-        }
-    }
+    let mut merge = Merge::new(segments, &merged)?;
     let mut counters = Counters::default();
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
     let mut values: Vec<&[u8]> = Vec::new();
     let (mut keys, mut records) = (0u128, 0u128);
     let mut pacer = crate::job::Pacer::new(control);
-    while let Some(top) = heap.peek() {
-        let key = top.key;
-        values.clear();
-        // Take every record with this key; advancing the top in place costs one sift-down.
-        while let Some(mut next) = heap.peek_mut() {
-            if next.key != key {
-                break;
-            }
-            values.push(next.value);
-            if !next.advance()? {
-                std::collections::binary_heap::PeekMut::pop(next);
-            }
-        }
+    while let Some(key) = merge.next_key(&mut values)? {
         keys += 1;
         records += values.len() as u128;
         if keys % 1024 == 0 {
@@ -268,22 +300,6 @@ pub fn reduce_segments(
     counters.add("reduce.input.keys", keys);
     counters.add("reduce.input.records", records);
     Ok(counters)
-}
-
-/// Runs reduce partition `part` over local `runs`, writing to `out_path` (fsynced, not yet
-/// committed).
-pub fn run_reduce(
-    job: &dyn Job,
-    runs: &[&RunFile],
-    part: usize,
-    out_path: &Path,
-    io: &crate::io::IoService,
-) -> Result<Counters> {
-    let segments = runs
-        .iter()
-        .map(|run| Segment::open(run, part))
-        .collect::<Result<Vec<_>>>()?;
-    reduce_to_file(job, &segments, out_path, io, &TaskControl::default())
 }
 
 /// Reduces `segments` into `out_path` (fsynced, not yet committed).

@@ -404,6 +404,40 @@ async fn read_body_into(
     Ok(buf)
 }
 
+/// Receives the segments sent by [`send_segments`] without buffering them: each segment's
+/// bytes are handed to `sink(segment, bytes)` chunk by chunk as quinn delivers them (for
+/// a reducer streaming a fetch that does not fit in memory to disk). Returns the length
+/// of each segment. Lengths are checked as in [`recv_segments`]; an error from `sink`
+/// stops the receive and is returned.
+pub async fn recv_segments_streaming(
+    recv: &mut RecvStream,
+    max_total: u64,
+    mut sink: impl FnMut(usize, &[u8]) -> Result<(), NetError>,
+) -> Result<Vec<u64>, NetError> {
+    let mut lens = Vec::new();
+    let mut received = 0u64;
+    while let Some(header) = read_header::<SEGMENT_HEADER_BYTES>(recv).await? {
+        let len = parse_segment_header(header, received, max_total)?;
+        let mut got = 0usize;
+        while got < len {
+            match recv.read_chunk(len - got, true).await.map_err(read_error)? {
+                Some(chunk) => {
+                    got += chunk.bytes.len();
+                    sink(lens.len(), &chunk.bytes)?;
+                }
+                None => {
+                    return Err(NetError::Frame(format!(
+                        "stream ended after {got} of {len} payload bytes"
+                    )))
+                }
+            }
+        }
+        received += len as u64;
+        lens.push(len as u64);
+    }
+    Ok(lens)
+}
+
 /// Reads one control frame written by [`write_frame`].
 ///
 /// Returns `Ok(None)` when the stream finished cleanly before a length prefix. A length

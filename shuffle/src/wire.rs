@@ -55,17 +55,26 @@ pub struct InputFileMsg {
     pub path: String,
     /// Name shown to users.
     pub name: String,
+    /// Size in bytes when the job was planned.
+    pub size: u64,
 }
 
-/// One map task's split.
+/// A byte range of one input file (or a range of rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct SplitMsg {
+pub struct ChunkMsg {
     /// Index of the input file.
     pub file: u32,
     /// First byte (or row).
     pub start: u64,
     /// Length in bytes (or rows).
     pub len: u64,
+}
+
+/// One map task's split: chunks of one or more files, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SplitMsg {
+    /// The chunks.
+    pub chunks: Vec<ChunkMsg>,
 }
 
 /// A planned job, as a client submits it.
@@ -83,8 +92,12 @@ pub struct JobSpec {
     pub reducers: u32,
     /// Output directory (on a file system all workers and the coordinator see).
     pub output: String,
-    /// Sort-buffer budget of one task, bytes.
-    pub task_memory: u64,
+    /// Memory budget of each worker for this job, bytes (`--memory`): a worker divides
+    /// it across its slots, and each task keeps its sort, fetch and merge buffers within
+    /// its share.
+    pub worker_memory: u64,
+    /// Segments a reduce merges at once (its fan-in bound).
+    pub merge_factor: u32,
     /// Launch backup attempts for stragglers.
     pub speculation: bool,
     /// Skip records that make a map fail twice at the same offset (paper §4.6).
@@ -414,9 +427,18 @@ mod tests {
                 task: TaskMsg::Map {
                     index: 7,
                     split: SplitMsg {
-                        file: 2,
-                        start: 100,
-                        len: 64 << 20,
+                        chunks: vec![
+                            ChunkMsg {
+                                file: 2,
+                                start: 100,
+                                len: 64 << 20,
+                            },
+                            ChunkMsg {
+                                file: 3,
+                                start: 0,
+                                len: 0,
+                            },
+                        ],
                     },
                     skip: vec![5, 900],
                 },
@@ -441,15 +463,19 @@ mod tests {
                     inputs: vec![InputFileMsg {
                         path: "/a".into(),
                         name: "a".into(),
+                        size: 10,
                     }],
                     splits: vec![SplitMsg {
-                        file: 0,
-                        start: 0,
-                        len: 10,
+                        chunks: vec![ChunkMsg {
+                            file: 0,
+                            start: 0,
+                            len: 10,
+                        }],
                     }],
                     reducers: 2,
                     output: "/out".into(),
-                    task_memory: 1 << 30,
+                    worker_memory: 1 << 30,
+                    merge_factor: 128,
                     speculation: true,
                     skip_bad_records: false,
                     resume: false,

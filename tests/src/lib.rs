@@ -290,6 +290,26 @@ pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split(|b| *b == b'\n').filter(move |_| !empty)
 }
 
+/// The summary's reduce merging line: `(merge passes, fetched bytes spilled to disk)`, or
+/// `(0, 0)` when the job printed none (it merged in one pass and spilled nothing).
+pub fn reduce_merging(stderr: &str) -> (u64, u64) {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once(": reduce: ")?.1;
+            let passes = rest.split_once(" merge passes")?.0.parse().ok()?;
+            let spilled = rest
+                .split_once("; ")?
+                .1
+                .split_once(" fetched bytes spilled")?
+                .0
+                .parse()
+                .ok()?;
+            Some((passes, spilled))
+        })
+        .unwrap_or((0, 0))
+}
+
 /// Parses the `N` of a summary line such as `quern wc: N map tasks, ...` on stderr.
 pub fn map_tasks(stderr: &str) -> Option<usize> {
     stderr.lines().find_map(|l| {

@@ -1,37 +1,57 @@
-//! Every job's output in parallel mode (many small splits, a small sort buffer, two
-//! threads) is byte-for-byte the `--sequential` output, and every successful job leaves
-//! exactly `_SUCCESS` + `part-*` in its output directory.
+//! Every job's output on a two-worker local cluster and `--in-process` on two threads (many
+//! small splits, a small sort buffer) is byte-for-byte the `--sequential` output, and every
+//! successful job leaves exactly `_SUCCESS` + `part-*` in its output directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quern_tests::{assert_committed, book, books, entries, map_tasks, p, parts, run, run_with_env};
+use quern_tests::{
+    assert_committed, book, books, entries, map_tasks, p, parts, reduce_merging, run, run_with_env,
+};
 
-/// Split size, memory and whether to run sequentially.
+/// Where a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    /// The default: an embedded local cluster.
+    Cluster,
+    /// `--in-process --threads 2`: the thread pool.
+    InProcess,
+    /// `--sequential`: the reference.
+    Sequential,
+}
+
+/// Split size, memory and where to run.
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     split: &'static str,
     memory: &'static str,
-    sequential: bool,
+    runner: Runner,
 }
 
-/// Many map tasks (64 KiB splits), two threads.
+/// Many map tasks (64 KiB splits), on a local cluster.
 const MANY_MAPS: Mode = Mode {
     split: "64KiB",
     memory: "4MiB",
-    sequential: false,
+    runner: Runner::Cluster,
 };
 /// Large splits against a 1 MiB per-task sort buffer (2 MiB / 2 threads): every map spills.
 const SPILLS: Mode = Mode {
     split: "1MiB",
     memory: "2MiB",
-    sequential: false,
+    runner: Runner::Cluster,
 };
 
 impl Mode {
     fn sequential(self) -> Mode {
         Mode {
-            sequential: true,
+            runner: Runner::Sequential,
+            ..self
+        }
+    }
+
+    fn in_process(self) -> Mode {
+        Mode {
+            runner: Runner::InProcess,
             ..self
         }
     }
@@ -43,21 +63,16 @@ impl Mode {
             "--memory".to_string(),
             self.memory.to_string(),
         ];
-        if self.sequential {
-            a.push("--sequential".into());
-        } else {
-            a.extend(["--threads".into(), "2".into()]);
+        match self.runner {
+            Runner::Sequential => a.push("--sequential".into()),
+            Runner::InProcess => a.extend(["--in-process".into(), "--threads".into(), "2".into()]),
+            Runner::Cluster => a.extend(["--workers".into(), "2".into()]),
         }
         a
     }
 
     fn label(self) -> String {
-        format!(
-            "{}-{}-{}",
-            if self.sequential { "seq" } else { "par" },
-            self.split,
-            self.memory
-        )
+        format!("{:?}-{}-{}", self.runner, self.split, self.memory).to_lowercase()
     }
 }
 
@@ -116,9 +131,15 @@ fn check_reduce_job(name: &str, args: &[String], min_maps: usize) {
         reference.values().any(|b| !b.is_empty()),
         "{name}: empty output"
     );
-    for mode in [MANY_MAPS, SPILLS, SPILLS.sequential()] {
+    for mode in [
+        MANY_MAPS,
+        SPILLS,
+        SPILLS.sequential(),
+        MANY_MAPS.in_process(),
+        SPILLS.in_process(),
+    ] {
         let (out, maps) = run_mode(args, dir.path(), mode);
-        if mode.split == MANY_MAPS.split && !mode.sequential {
+        if mode.split == MANY_MAPS.split && mode.runner != Runner::Sequential {
             assert!(
                 maps >= min_maps,
                 "{name}: only {maps} map tasks with {} splits",
@@ -138,10 +159,16 @@ fn check_reduce_job(name: &str, args: &[String], min_maps: usize) {
 fn check_map_only_job(name: &str, args: &[String], min_maps: usize) -> BTreeMap<String, Vec<u8>> {
     let dir = tempfile::tempdir().expect("tempdir");
     let (seq, _) = run_mode(args, dir.path(), MANY_MAPS.sequential());
-    let (par, maps) = run_mode(args, dir.path(), MANY_MAPS);
-    assert!(maps >= min_maps, "{name}: only {maps} map tasks");
     let reference = parts(&seq);
-    assert_same_parts(name, &reference, &parts(&par));
+    for mode in [MANY_MAPS, MANY_MAPS.in_process()] {
+        let (par, maps) = run_mode(args, dir.path(), mode);
+        assert!(maps >= min_maps, "{name}: only {maps} map tasks");
+        assert_same_parts(
+            &format!("{name} {}", mode.label()),
+            &reference,
+            &parts(&par),
+        );
+    }
     reference
 }
 
@@ -302,5 +329,39 @@ fn printing_jobs_match_sequential_and_leave_no_scratch() {
             "quern {}: stdout differs between --sequential and parallel",
             args.join(" ")
         );
+    }
+}
+
+/// Many more map outputs per reducer than the merge factor (16 KiB splits of the books:
+/// about 200 maps, `--merge-factor 8`): reducers merge in passes through intermediate
+/// runs, in every mode, and the output is byte for byte the one-pass sequential output.
+#[test]
+fn more_map_outputs_than_the_merge_factor_merge_in_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut base = strings(&["wc", "-r", "2", "--split-size", "16KiB"]);
+    base.extend(books().iter().map(|b| p(b)));
+    let run_with = |label: &str, extra: &[&str]| {
+        let out = dir.path().join(label);
+        let o = run([base.clone(), strings(&["-o", &p(&out)]), strings(extra)].concat());
+        o.ok();
+        (parts(&out), o)
+    };
+    let (reference, o) = run_with("one-pass", &["--sequential", "--merge-factor", "1024"]);
+    assert_eq!(reduce_merging(&o.stderr), (0, 0), "{}", o.stderr);
+    for (label, extra) in [
+        ("cluster", &["--workers", "2"][..]),
+        ("in-process", &["--in-process", "--threads", "2"][..]),
+        ("sequential", &["--sequential"][..]),
+    ] {
+        let (got, o) = run_with(label, &[extra, &["--merge-factor", "8"][..]].concat());
+        let maps = map_tasks(&o.stderr).expect("summary");
+        assert!(maps > 8 * 4, "{label}: only {maps} map tasks");
+        let (passes, _) = reduce_merging(&o.stderr);
+        assert!(
+            passes >= 2 * (maps as u64 / 8),
+            "{label}: {passes} merge passes for {maps} maps:\n{}",
+            o.stderr
+        );
+        assert_same_parts(&format!("wc merging in passes ({label})"), &reference, &got);
     }
 }

@@ -998,12 +998,18 @@ fn healthy_job_runs_one_attempt_per_task() {
     // Eight 3.2 MB files, one split each: map tasks of about a second on three workers
     // sharing two cores, long enough for speculation to look at them.
     let text = corpus_copies(dir.path(), "text", 8, 1);
+    // Splits of exactly one file (files are packed into splits, so a larger split size
+    // would hold a file and a piece of the next).
+    let file_len = std::fs::metadata(text.join("text-00.txt"))
+        .expect("stat text")
+        .len()
+        .to_string();
     // 8 MB of records, 1 MB (10,000-record) splits.
     let gen = teragen(dir.path(), "gen", 80_000, 1);
     let jobs: [(&str, Vec<String>); 2] = [
         (
             "wc",
-            s(&["wc", &p(&text), "-r", "3", "--split-size", "4MiB"]),
+            s(&["wc", &p(&text), "-r", "3", "--split-size", &file_len]),
         ),
         (
             "terasort",

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use quern_tests::{assert_committed, book, books, concat_parts, lines, p, parts, run};
+use quern_tests::{assert_committed, book, books, concat_parts, lines, map_tasks, p, parts, run};
 use unicode_general_category::{get_general_category, GeneralCategory};
 
 const RECORD: usize = 100;
@@ -607,4 +607,139 @@ fn grep_without_match_exits_1() {
     run(&args).expect_code(1);
     assert_committed(&out, 1);
     assert!(concat_parts(&out).is_empty());
+}
+
+// ---------------------------------------------------------------- many small files
+
+/// A source-tree-like directory of `n` small files in nested directories (a few lines of
+/// the books each; every 97th file empty, every 50th without a final newline), plus what a
+/// walk must skip: hidden files and directories, `_` names, and a symlink to a directory.
+/// Returns the root and the files a walk must find, in walk (path) order.
+fn small_file_tree(dir: &Path, n: usize) -> (PathBuf, Vec<PathBuf>) {
+    let corpus: Vec<u8> = books()
+        .iter()
+        .flat_map(|b| std::fs::read(b).expect("read book"))
+        .collect();
+    let all_lines: Vec<&[u8]> = lines(&corpus).collect();
+    let root = dir.join("tree");
+    let mut files = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = root.join(format!("d{:02}/e{}/f{i:05}.txt", i / 1000, i % 10));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let mut text = Vec::new();
+        if i % 97 != 0 {
+            let first = (i * 37) % all_lines.len();
+            let count = 1 + i % 7;
+            for line in all_lines.iter().cycle().skip(first).take(count) {
+                text.extend_from_slice(line);
+                text.push(b'\n');
+            }
+            if i % 50 == 0 {
+                text.pop();
+            }
+        }
+        std::fs::write(&path, &text).expect("write file");
+        files.push(path);
+    }
+    let decoy = b"the wolf and the king\n";
+    std::fs::create_dir_all(root.join(".git")).expect("mkdir");
+    std::fs::write(root.join(".git/config"), decoy).expect("write");
+    std::fs::write(root.join("d00/.hidden.txt"), decoy).expect("write");
+    std::fs::write(root.join("d00/_notes.txt"), decoy).expect("write");
+    std::os::unix::fs::symlink(root.join("d01"), root.join("d00/link")).expect("symlink");
+    files.sort();
+    (root, files)
+}
+
+/// 20,000 small files: a few dozen map tasks (about total size / split size, not one per
+/// file), and grep, grep -c, wc and index give what an independent computation over the
+/// files gives — each line and count still named by its own file.
+#[test]
+fn many_small_files_are_packed_into_splits_and_keep_their_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root, files) = small_file_tree(dir.path(), 20_000);
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("stat").len())
+        .sum();
+    let split: u64 = 256 << 10;
+    let pattern = r"(?i)\b(wolf|king|the end)\b";
+    let (want, counts) = grep_lines(pattern, &files);
+    let want_counts: String = files
+        .iter()
+        .zip(&counts)
+        .map(|(f, n)| format!("{}:{n}\n", p(f)))
+        .collect();
+    for mode in [None, Some("--sequential")] {
+        let args = |count: bool| {
+            let mut a = vec!["grep".to_string(), "--split-size".into(), split.to_string()];
+            a.extend(count.then(|| "-c".to_string()));
+            a.extend([pattern.to_string(), p(&root)]);
+            a.extend(mode.map(str::to_string));
+            a
+        };
+        let o = run(args(false));
+        o.ok();
+        assert!(
+            o.stdout == want,
+            "grep over the tree ({mode:?}): {} bytes, expected {}",
+            o.stdout.len(),
+            want.len()
+        );
+        let maps = map_tasks(&o.stderr).expect("summary");
+        let packed = total.div_ceil(split) as usize;
+        assert!(
+            (packed.saturating_sub(1)..=packed + 1).contains(&maps),
+            "{maps} map tasks for {total} bytes in {} files with {split}-byte splits",
+            files.len()
+        );
+        let c = run(args(true));
+        c.ok();
+        assert_eq!(
+            c.stdout_str(),
+            want_counts,
+            "grep -c over the tree ({mode:?})"
+        );
+    }
+
+    let counted = wc(std::slice::from_ref(&root), &dir.path().join("wc"), 2);
+    assert_same_counts(&counted, &count_words(&files));
+
+    let index = |mode: Option<&str>| {
+        let out = dir
+            .path()
+            .join(format!("index-{}", mode.unwrap_or("cluster")));
+        let mut a = vec![
+            "index".to_string(),
+            "-q".into(),
+            "-r".into(),
+            "2".into(),
+            "-o".into(),
+            p(&out),
+            p(&root),
+        ];
+        a.extend(mode.map(str::to_string));
+        run(&a).ok();
+        parts(&out)
+    };
+    let reference = index(Some("--sequential"));
+    assert_eq!(
+        index(None),
+        reference,
+        "index over the tree: cluster vs --sequential"
+    );
+    let words: BTreeSet<String> = reference
+        .values()
+        .flat_map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(|l| l.split(' ').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        words,
+        counted.keys().cloned().collect::<BTreeSet<_>>(),
+        "index words vs wc words"
+    );
 }

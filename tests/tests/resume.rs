@@ -70,7 +70,7 @@ fn coordinator_killed_mid_job_resumes_from_its_journal() {
             "-r".into(),
             "2".into(),
             "--split-size".into(),
-            "256KiB".into(),
+            "250000".into(),
             "-o".into(),
             p(out),
         ]

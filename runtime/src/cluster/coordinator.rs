@@ -513,14 +513,13 @@ impl Coordinator {
                         let n = job.bad_records.entry(task.index).or_default().entry(offset).or_default();
                         *n += 1;
                         if job.spec.skip_bad_records && *n == SKIP_AFTER_FAILURES {
-                            tracing::warn!("{task}: skipping the record at byte {offset}: it crashed {n} attempts");
+                            tracing::warn!("{task}: skipping the record at split position {offset}: it crashed {n} attempts");
                         }
                     }
                 }
                 let error = match (bad_record, task) {
-                    (Some(offset), Some(task)) => {
-                        let split = &job.spec.splits[task.index as usize];
-                        let file = job.spec.inputs.get(split.file as usize).map_or("?", |f| f.name.as_str());
+                    (Some(pos), Some(task)) => {
+                        let (file, offset) = super::locate_record(&job.spec, task.index, pos);
                         let hint = if job.spec.skip_bad_records { "" } else { "; --skip-bad-records skips it" };
                         format!("{error} (on the record at byte {offset} of {file}{hint})")
                     }
@@ -609,7 +608,7 @@ impl Coordinator {
                             }
                             TaskMsg::Map {
                                 index: task.index,
-                                split: job.spec.splits[task.index as usize],
+                                split: job.spec.splits[task.index as usize].clone(),
                                 skip,
                             }
                         }
@@ -1040,14 +1039,8 @@ impl Coordinator {
                             if let Some(fin) = job.finished.get(&attempt) {
                                 counters.merge(&counters_from_msg(&fin.counters));
                             }
-                            for &offset in job.skipped.get(&attempt).into_iter().flatten() {
-                                let split = &job.spec.splits[task.index as usize];
-                                let name = job
-                                    .spec
-                                    .inputs
-                                    .get(split.file as usize)
-                                    .map_or("?", |f| f.name.as_str());
-                                skipped.push((name.to_string(), offset));
+                            for &pos in job.skipped.get(&attempt).into_iter().flatten() {
+                                skipped.push(super::locate_record(&job.spec, task.index, pos));
                             }
                         }
                         // What the scheduler did, next to what the tasks did.

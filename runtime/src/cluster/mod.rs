@@ -34,9 +34,11 @@ pub mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quern_shuffle::wire::{CounterMsg, InputFileMsg, RunMsg, SegmentMsg, SplitMsg};
+use quern_shuffle::wire::{
+    ChunkMsg, CounterMsg, InputFileMsg, JobSpec, RunMsg, SegmentMsg, SplitMsg,
+};
 
-use crate::input::Split;
+use crate::input::{Chunk, Split};
 use crate::job::{Counters, InputFile, Job};
 use crate::map::RunFile;
 
@@ -55,6 +57,7 @@ pub(crate) fn inputs_from_msg(inputs: &[InputFileMsg]) -> Vec<InputFile> {
             index: i as u32,
             path: PathBuf::from(&f.path),
             name: f.name.clone(),
+            size: f.size,
         })
         .collect()
 }
@@ -66,6 +69,7 @@ pub fn inputs_to_msg(inputs: &[InputFile]) -> Vec<InputFileMsg> {
         .map(|f| InputFileMsg {
             path: f.path.display().to_string(),
             name: f.name.clone(),
+            size: f.size,
         })
         .collect()
 }
@@ -75,18 +79,49 @@ pub fn splits_to_msg(splits: &[Split]) -> Vec<SplitMsg> {
     splits
         .iter()
         .map(|s| SplitMsg {
-            file: s.file,
-            start: s.start,
-            len: s.len,
+            chunks: s
+                .chunks
+                .iter()
+                .map(|c| ChunkMsg {
+                    file: c.file,
+                    start: c.start,
+                    len: c.len,
+                })
+                .collect(),
         })
         .collect()
 }
 
 pub(crate) fn split_from_msg(s: &SplitMsg) -> Split {
     Split {
-        file: s.file,
-        start: s.start,
-        len: s.len,
+        chunks: s
+            .chunks
+            .iter()
+            .map(|c| Chunk {
+                file: c.file,
+                start: c.start,
+                len: c.len,
+            })
+            .collect(),
+    }
+}
+
+/// The input name and byte offset of the record at position `pos` of map `map`'s split
+/// (records are named by split position across attempts; see [`Split`]).
+pub(crate) fn locate_record(spec: &JobSpec, map: u32, pos: u64) -> (String, u64) {
+    let located = spec
+        .splits
+        .get(map as usize)
+        .map(split_from_msg)
+        .and_then(|s| s.locate(pos));
+    match located {
+        Some((file, offset)) => (
+            spec.inputs
+                .get(file as usize)
+                .map_or_else(|| "?".to_string(), |f| f.name.clone()),
+            offset,
+        ),
+        None => ("?".to_string(), pos),
     }
 }
 

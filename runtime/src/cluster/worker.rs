@@ -38,10 +38,10 @@ use crate::input::map_file;
 use crate::io::IoService;
 use crate::job::{Counters, InputFile, Job, TaskControl};
 use crate::local::guarded;
-use crate::map::{run_map, run_map_only, MapEnv, RunFile};
+use crate::map::RunFile;
 use crate::output::OutputDir;
-use crate::reduce::{reduce_to_file, Segment};
 use crate::report;
+use crate::task::{self, ReduceInput, TaskEnv};
 use crate::{Error, Result};
 
 /// How a worker runs.
@@ -81,9 +81,20 @@ struct JobEntry {
     job: std::result::Result<Arc<dyn Job>, String>,
     inputs: Vec<InputFile>,
     dir: PathBuf,
-    locations: watch::Sender<HashMap<u32, MapLocation>>,
+    /// What the coordinator said about map outputs, in order (see [`LocationNews`]).
+    locations: watch::Sender<Vec<LocationNews>>,
     /// Bytes moved by this worker's ended attempts (and, for shuffle, every fetch so far).
     io: JobIo,
+}
+
+/// News about one map's output. Reducers read the log from their own position, so each
+/// piece of news costs them O(1) however many maps the job has.
+#[derive(Clone)]
+enum LocationNews {
+    /// The map's output can be fetched there.
+    Ready(MapLocation),
+    /// The map's output is gone; a re-run will announce a new location.
+    Lost(u32),
 }
 
 /// Cumulative byte counts of one job on this worker, for the coordinator's rate plots.
@@ -129,6 +140,19 @@ impl Shared {
 
     fn report(&self, msg: ToCoordinator) {
         let _ = self.out.send(msg);
+    }
+
+    /// Where `entry`'s attempts run on this worker. The job's memory budget is per
+    /// worker: each slot gets an equal share.
+    fn task_env<'a>(&'a self, entry: &'a JobEntry) -> TaskEnv<'a> {
+        let spec = &entry.spec;
+        TaskEnv {
+            io: &self.io,
+            work_dir: &entry.dir,
+            reducers: spec.reducers,
+            memory: (spec.worker_memory / u64::from(self.config.slots.max(1))).max(1 << 20),
+            merge_factor: spec.merge_factor as usize,
+        }
     }
 
     /// A cached connection to a peer worker, (re)connecting when needed.
@@ -355,7 +379,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 job: built,
                 spec,
                 dir,
-                locations: watch::Sender::new(HashMap::new()),
+                locations: watch::Sender::new(Vec::new()),
                 io: JobIo::default(),
             };
             shared.state().jobs.insert(job, Arc::new(entry));
@@ -387,16 +411,16 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
         }
         ToWorker::MapOutputReady { job, location } => {
             if let Some(entry) = shared.state().jobs.get(&job) {
-                entry.locations.send_modify(|m| {
-                    m.insert(location.map, location);
-                });
+                entry
+                    .locations
+                    .send_modify(|log| log.push(LocationNews::Ready(location)));
             }
         }
         ToWorker::MapOutputLost { job, map } => {
             if let Some(entry) = shared.state().jobs.get(&job) {
-                entry.locations.send_modify(|m| {
-                    m.remove(&map);
-                });
+                entry
+                    .locations
+                    .send_modify(|log| log.push(LocationNews::Lost(map)));
             }
         }
         ToWorker::Cancel { job, attempt } => {
@@ -655,44 +679,36 @@ fn map_attempt(
     split: crate::Split,
     control: &TaskControl,
 ) -> Result<Outcome> {
-    let input = entry.inputs.get(split.file as usize).ok_or_else(|| {
-        Error::Usage(format!(
-            "split names input {} of {}",
-            split.file,
-            entry.inputs.len()
-        ))
-    })?;
-    if entry.spec.reducers == 0 {
-        let out = OutputDir::open(Path::new(&entry.spec.output));
-        let tmp = out.attempt_file(index as usize, attempt as u32);
-        let counters = run_map_only(job, input, &split, &tmp, &shared.io, control)?;
-        out.commit_task(&tmp, index as usize)?;
-        return Ok(Outcome {
-            counters,
-            runs: Vec::new(),
-            fetches: None,
-        });
-    }
     std::fs::create_dir_all(&entry.dir).map_err(|e| Error::io(&entry.dir, e))?;
-    let env = MapEnv {
-        io: &shared.io,
-        work_dir: &entry.dir,
-        reducers: entry.spec.reducers,
-        memory: usize::try_from(entry.spec.task_memory).unwrap_or(usize::MAX),
-    };
-    let (output, counters) = run_map(
+    let out = OutputDir::open(Path::new(&entry.spec.output));
+    let (runs, counters) = task::map_task(
         job,
-        input,
+        &entry.inputs,
         &split,
-        &format!("map-{index:05}-a{attempt}"),
-        &env,
+        index,
+        attempt,
+        &out,
+        &shared.task_env(entry),
         control,
     )?;
     Ok(Outcome {
         counters,
-        runs: output.runs,
+        runs,
         fetches: None,
     })
+}
+
+/// Fetches from different maps under way at once, per reduce attempt.
+const FETCHES_IN_FLIGHT: usize = 8;
+/// Pause before a failed fetch is tried again (each failure is reported, so a map that
+/// stays unreachable is eventually re-executed).
+const FETCH_RETRY: Duration = Duration::from_millis(500);
+
+/// What one fetch brought.
+struct Fetched {
+    bytes: u64,
+    took: Duration,
+    remote: bool,
 }
 
 async fn reduce_attempt(
@@ -703,82 +719,159 @@ async fn reduce_attempt(
     partition: u32,
     control: &Arc<TaskControl>,
 ) -> Result<Outcome> {
+    std::fs::create_dir_all(&entry.dir).map_err(|e| Error::io(&entry.dir, e))?;
     let maps = entry.spec.splits.len();
-    let mut have: Vec<Option<(u64, Vec<Segment>)>> = (0..maps).map(|_| None).collect();
+    let input = Arc::new(Mutex::new(
+        shared.task_env(entry).reduce_input(partition, attempt),
+    ));
     let mut locations = entry.locations.subscribe();
+    let mut read = 0usize;
+    let mut latest: HashMap<u32, MapLocation> = HashMap::new();
+    let mut fetched = vec![false; maps];
+    let mut remaining = maps;
+    let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
+    let mut in_flight: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut retries: Vec<(tokio::time::Instant, u32)> = Vec::new();
+    let mut fetches = tokio::task::JoinSet::new();
+    let mut merging: Option<tokio::task::JoinHandle<Result<task::merge::Merged>>> = None;
     let mut stats = FetchStats::new();
-    // Bytes that crossed the network (refetches of a re-run map included).
-    let mut fetched_remotely = 0u128;
+    // Bytes gathered, and bytes that crossed the network (refetches included).
+    let (mut shuffled, mut fetched_remotely) = (0u128, 0u128);
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let wanted: Vec<MapLocation> = locations
-            .borrow_and_update()
-            .values()
-            .filter(|l| (l.map as usize) < maps)
-            .filter(|l| {
-                have[l.map as usize]
-                    .as_ref()
-                    .is_none_or(|(a, _)| *a != l.attempt)
-            })
-            .cloned()
-            .collect();
-        let mut failed = false;
-        for location in wanted {
-            let asked = Instant::now();
-            match fetch(shared, entry.id, &location, partition).await {
-                Ok((segments, remote)) => {
-                    let bytes: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
-                    stats.record(bytes, asked.elapsed(), remote);
-                    if remote {
-                        fetched_remotely += u128::from(bytes);
+        {
+            let log = locations.borrow_and_update();
+            for news in &log[read..] {
+                match news {
+                    LocationNews::Ready(l)
+                        if (l.map as usize) < maps && !fetched[l.map as usize] =>
+                    {
+                        latest.insert(l.map, l.clone());
+                        queue.push_back(l.map);
                     }
-                    entry.io.shuffle.fetch_add(bytes, Ordering::Relaxed);
-                    have[location.map as usize] = Some((location.attempt, segments));
-                }
-                Err(e) => {
-                    failed = true;
-                    tracing::info!(
-                        "fetch of map {} from {} failed: {e}",
-                        location.map,
-                        location.addr
-                    );
-                    shared.report(ToCoordinator::FetchFailed {
-                        job: entry.id,
-                        attempt,
-                        map: location.map,
-                        error: e.to_string(),
-                    });
+                    LocationNews::Ready(_) => {}
+                    LocationNews::Lost(map) => {
+                        latest.remove(map);
+                    }
                 }
             }
-            if control.is_cancelled() {
-                return Err(Error::Cancelled);
+            read = log.len();
+        }
+        let now = tokio::time::Instant::now();
+        retries.retain(|&(at, map)| {
+            let due = at <= now;
+            if due {
+                queue.push_back(map);
+            }
+            !due
+        });
+        while fetches.len() < FETCHES_IN_FLIGHT {
+            let Some(map) = queue.pop_front() else { break };
+            if fetched[map as usize] || in_flight.contains(&map) {
+                continue;
+            }
+            let Some(location) = latest.get(&map).cloned() else {
+                continue;
+            };
+            in_flight.insert(map);
+            let (shared, input, job_id) = (shared.clone(), input.clone(), entry.id);
+            fetches.spawn(async move {
+                let asked = Instant::now();
+                let result = fetch(&shared, job_id, &location, partition, &input).await;
+                (
+                    location,
+                    result.map(|(bytes, remote)| Fetched {
+                        bytes,
+                        took: asked.elapsed(),
+                        remote,
+                    }),
+                )
+            });
+        }
+        if merging.is_none() {
+            if let Some(batch) = lock(&input).background_merge() {
+                let control = control.clone();
+                merging = Some(tokio::task::spawn_blocking(move || {
+                    guarded("merge pass", || batch.run(&control))
+                }));
             }
         }
-        if !failed && have.iter().all(Option::is_some) {
+        if remaining == 0 && fetches.is_empty() && merging.is_none() {
             break;
         }
-        // Wait for news (a new or re-run map), or retry failed fetches after a pause: each
-        // retry reports again, so a map that stays unreachable is eventually re-executed.
+        let wake = retries
+            .iter()
+            .map(|r| r.0)
+            .min()
+            .unwrap_or(now + Duration::from_millis(250));
         tokio::select! {
+            Some(done) = fetches.join_next(), if !fetches.is_empty() => {
+                let (location, result) = done.map_err(|e| Error::TaskPanicked {
+                    task: "fetch".into(),
+                    message: e.to_string(),
+                })?;
+                in_flight.remove(&location.map);
+                match result {
+                    Ok(f) => {
+                        stats.record(f.bytes, f.took, f.remote);
+                        shuffled += u128::from(f.bytes);
+                        if f.remote {
+                            fetched_remotely += u128::from(f.bytes);
+                        }
+                        entry.io.shuffle.fetch_add(f.bytes, Ordering::Relaxed);
+                        fetched[location.map as usize] = true;
+                        remaining -= 1;
+                    }
+                    Err(e) => {
+                        if let Error::BadMapOutput { .. } | Error::Net(_) = e {
+                            tracing::info!("fetch of map {} from {} failed: {e}", location.map, location.addr);
+                            shared.report(ToCoordinator::FetchFailed {
+                                job: entry.id,
+                                attempt,
+                                map: location.map,
+                                error: e.to_string(),
+                            });
+                            retries.push((tokio::time::Instant::now() + FETCH_RETRY, location.map));
+                        } else {
+                            // A local failure (disk): this attempt cannot go on.
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            merged = wait_merge(&mut merging), if merging.is_some() => {
+                merging = None;
+                let merged = merged.inspect_err(|e| report_bad_map_output(shared, entry, attempt, e))?;
+                lock(&input).put(merged);
+            }
             changed = locations.changed() => if changed.is_err() { return Err(Error::Cancelled) },
-            _ = tokio::time::sleep(Duration::from_millis(if failed { 500 } else { 250 })) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
-    let segments: Vec<Segment> = have.into_iter().flatten().flat_map(|(_, s)| s).collect();
-    let shuffled: u128 = segments.iter().map(|s| s.bytes().len() as u128).sum();
+    let input = match Arc::try_unwrap(input) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => {
+            return Err(Error::Usage(
+                "reduce input still shared after every fetch ended".into(),
+            ))
+        }
+    };
     let out = OutputDir::open(Path::new(&entry.spec.output));
     let (shared2, control2) = (shared.clone(), control.clone());
     blocking(move || {
-        let tmp = out.attempt_file(partition as usize, attempt as u32);
-        let mut counters = reduce_to_file(&*job, &segments, &tmp, &shared2.io, &control2)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
+        let mut counters = task::reduce_task(
+            &*job,
+            input,
+            partition,
+            attempt,
+            &out,
+            &shared2.io,
+            &control2,
+        )?;
         counters.add("shuffle.bytes", shuffled);
         counters.add("shuffle.remote.bytes", fetched_remotely);
-        out.commit_task(&tmp, partition as usize)?;
         Ok(Outcome {
             counters,
             runs: Vec::new(),
@@ -786,41 +879,69 @@ async fn reduce_attempt(
         })
     })
     .await
-    .inspect_err(|e| {
-        // A corrupt map output: tell the coordinator which map, so it can be re-run.
-        if let Error::BadMapOutput { map, .. } = e {
-            shared.report(ToCoordinator::FetchFailed {
-                job: entry.id,
-                attempt,
-                map: *map,
-                error: e.to_string(),
-            });
-        }
-    })
+    .inspect_err(|e| report_bad_map_output(shared, entry, attempt, e))
 }
 
-/// Gets partition `partition` of a map attempt's output: from disk when it lives on this
-/// host, else over QUIC from the worker that holds it (then `.1` is true).
+fn lock(input: &Mutex<ReduceInput>) -> MutexGuard<'_, ReduceInput> {
+    // Every critical section is a few field updates: a poisoned lock is still consistent.
+    input.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn wait_merge(
+    merging: &mut Option<tokio::task::JoinHandle<Result<task::merge::Merged>>>,
+) -> Result<task::merge::Merged> {
+    match merging {
+        Some(handle) => handle.await.map_err(|e| Error::TaskPanicked {
+            task: "merge pass".into(),
+            message: e.to_string(),
+        })?,
+        None => std::future::pending().await,
+    }
+}
+
+/// A corrupt map output found while merging: tell the coordinator which map, so it can
+/// be re-run.
+fn report_bad_map_output(shared: &Shared, entry: &JobEntry, attempt: u64, e: &Error) {
+    if let Error::BadMapOutput { map, .. } = e {
+        shared.report(ToCoordinator::FetchFailed {
+            job: entry.id,
+            attempt,
+            map: *map,
+            error: e.to_string(),
+        });
+    }
+}
+
+/// Adds partition `partition` of a map attempt's output to `input`: straight from disk
+/// when it lives on this host, else over QUIC from the worker that holds it — into memory
+/// if the reduce's fetch budget has room, streamed to a local file if not. Returns the
+/// bytes gathered and whether they crossed the network.
 async fn fetch(
     shared: &Arc<Shared>,
     job: u64,
     location: &MapLocation,
     partition: u32,
-) -> Result<(Vec<Segment>, bool)> {
+    input: &Mutex<ReduceInput>,
+) -> Result<(u64, bool)> {
     let addr: SocketAddr = location
         .addr
         .parse()
         .map_err(|e| Error::Net(format!("bad map location {:?}: {e}", location.addr)))?;
     let runs: Vec<RunFile> = location.runs.iter().map(run_from_msg).collect();
+    let part = partition as usize;
+    let map = location.map;
     if shared.config.local_reads && addr.ip() == shared.my_ip {
-        let map = location.map;
-        let segments = blocking(move || {
-            runs.iter()
-                .map(|run| Segment::open(run, partition as usize).map(|s| s.of_map(map)))
-                .collect()
-        })
-        .await?;
-        return Ok((segments, false));
+        // Nothing is opened yet: the merge maps each segment when it reaches it.
+        let sources = runs
+            .iter()
+            .map(|run| task::Source::of_run(run, part, Some(map)))
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = sources.iter().map(task::Source::len).sum();
+        let mut input = lock(input);
+        for s in sources {
+            input.add(s);
+        }
+        return Ok((bytes, false));
     }
     let conn = shared.peer(addr).await.map_err(net_err)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(net_err)?;
@@ -833,29 +954,123 @@ async fn fetch(
         .await
         .map_err(net_err)?;
     let _ = send.finish();
+    let offsets: Vec<u64> = runs
+        .iter()
+        .map(|r| r.segments.get(part).map_or(0, |s| s.0))
+        .collect();
     let want: u64 = runs
         .iter()
-        .map(|r| r.segments.get(partition as usize).map_or(0, |s| s.1))
+        .map(|r| r.segments.get(part).map_or(0, |s| s.1))
         .sum();
-    let buffers = net::recv_segments(&mut recv, want).await.map_err(net_err)?;
-    if buffers.len() != runs.len() {
-        return Err(Error::Net(format!(
-            "{addr} sent {} segments for map {}, expected {}",
-            buffers.len(),
-            location.map,
-            runs.len()
-        )));
+    let check_count = |n: usize| {
+        if n == runs.len() {
+            Ok(())
+        } else {
+            Err(Error::Net(format!(
+                "{addr} sent {n} segments for map {map}, expected {}",
+                runs.len()
+            )))
+        }
+    };
+    if lock(input).reserve(want) {
+        let buffers = match net::recv_segments(&mut recv, want).await {
+            Ok(b) => b,
+            Err(e) => {
+                lock(input).release(want);
+                return Err(net_err(e));
+            }
+        };
+        if let Err(e) = check_count(buffers.len()) {
+            lock(input).release(want);
+            return Err(e);
+        }
+        let sources = buffers
+            .into_iter()
+            .zip(runs.iter().zip(&offsets))
+            .map(|(bytes, (run, &offset))| task::Source::Memory {
+                origin: PathBuf::from(format!("{addr}:{}", run.path.display())),
+                offset,
+                bytes,
+                map: Some(map),
+            })
+            .collect();
+        lock(input).add_fetched(sources, want);
+        return Ok((want, true));
     }
-    let segments = buffers
-        .into_iter()
-        .zip(&runs)
-        .map(|(buf, run)| {
-            let offset = run.segments.get(partition as usize).map_or(0, |s| s.0);
-            let origin = PathBuf::from(format!("{addr}:{}", run.path.display()));
-            Segment::fetched(origin, offset, buf).of_map(location.map)
+    // Over budget: stream the segments to a local file as they arrive.
+    let path = lock(input).spill_file();
+    let mut spill = SpillWriter::new(&shared.io, &path)?;
+    let received = net::recv_segments_streaming(&mut recv, want, |segment, bytes| {
+        spill
+            .push(segment, bytes)
+            .map_err(|e| NetError::Frame(e.to_string()))
+    })
+    .await;
+    let starts = spill.finish()?;
+    let lens = received.map_err(net_err)?;
+    check_count(lens.len())?;
+    let total: u64 = lens.iter().sum();
+    let mut input = lock(input);
+    input.note_spilled(total);
+    for (start, len) in starts.into_iter().zip(lens) {
+        input.add(task::Source::File {
+            path: path.clone(),
+            offset: start,
+            len,
+            map: Some(map),
+        });
+    }
+    Ok((total, true))
+}
+
+/// Writes fetched segments to a spill file as they stream in, each starting 16-byte
+/// aligned (blocks are validated in place, and rkyv needs aligned bytes).
+struct SpillWriter {
+    file: crate::io::FileWriter,
+    buf: Vec<u8>,
+    /// Where each segment starts in the file.
+    starts: Vec<u64>,
+    written: u64,
+}
+
+impl SpillWriter {
+    const FLUSH: usize = 1 << 20;
+
+    fn new(io: &IoService, path: &Path) -> Result<SpillWriter> {
+        Ok(SpillWriter {
+            file: io.create(path)?,
+            buf: Vec::with_capacity(Self::FLUSH + (64 << 10)),
+            starts: Vec::new(),
+            written: 0,
         })
-        .collect();
-    Ok((segments, true))
+    }
+
+    fn push(&mut self, segment: usize, bytes: &[u8]) -> Result<()> {
+        if segment == self.starts.len() {
+            let pad = (16 - (self.written + self.buf.len() as u64) % 16) % 16;
+            self.buf.resize(self.buf.len() + pad as usize, 0);
+            self.starts.push(self.written + self.buf.len() as u64);
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= Self::FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::FLUSH + (64 << 10)));
+        self.written += buf.len() as u64;
+        // The write queues on the I/O thread and waits only when several are in flight.
+        tokio::task::block_in_place(|| self.file.write(buf))
+    }
+
+    fn finish(mut self) -> Result<Vec<u64>> {
+        self.flush()?;
+        let file = self.file;
+        tokio::task::block_in_place(|| file.finish(false))?;
+        Ok(self.starts)
+    }
 }
 
 async fn fetch_server(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
