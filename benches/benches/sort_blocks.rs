@@ -9,6 +9,8 @@
 //! - `merge_factor/F`: one reduce partition over the runs of 1,024 map tasks, with a merge
 //!   factor of F (F < 1,024 merges in passes through intermediate runs on disk): what
 //!   [`DEFAULT_MERGE_FACTOR`] was chosen by.
+//! - `small_files/{read,mmap}/SIZE`: opening 256 files of SIZE bytes and scanning their bytes,
+//!   with one `read` each or with a memory map each: what `input::READ_BELOW` was chosen by.
 //!
 //! Every benchmark processes the same [`RECORDS`] records per iteration, and reports
 //! throughput in bytes of those records, so the figures compare directly.
@@ -23,6 +25,7 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
+use quern_runtime::input::map_file;
 use quern_runtime::io::IoService;
 use quern_runtime::map::{run_map, MapEnv, RunFile, BLOCK_BYTES};
 use quern_runtime::output::OutputDir;
@@ -328,12 +331,51 @@ fn bench_reduce(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_small_files(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let data = records();
+    let mut group = c.benchmark_group("small_files");
+    for size in [4usize << 10, 16 << 10, 64 << 10, 256 << 10] {
+        let files: Vec<std::path::PathBuf> = (0..256)
+            .map(|i| {
+                let path = dir.path().join(format!("f{size}-{i}"));
+                let start = (i * 4099) % (data.len() - size);
+                std::fs::write(&path, &data[start..start + size]).expect("write file");
+                path
+            })
+            .collect();
+        group.throughput(Throughput::Bytes((size * files.len()) as u64));
+        let scan = |bytes: &[u8]| bytes.iter().step_by(64).map(|&b| u64::from(b)).sum::<u64>();
+        group.bench_function(BenchmarkId::new("read", size), |b| {
+            b.iter(|| {
+                let mut sum = 0;
+                for f in &files {
+                    sum += scan(&std::fs::read(f).expect("read"));
+                }
+                black_box(sum)
+            })
+        });
+        group.bench_function(BenchmarkId::new("mmap", size), |b| {
+            b.iter(|| {
+                let mut sum = 0;
+                for f in &files {
+                    let file = std::fs::File::open(f).expect("open");
+                    let map = map_file(&file, f, 0, size as u64).expect("map");
+                    sum += scan(&map);
+                }
+                black_box(sum)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench_blocks, bench_map, bench_reduce
+    targets = bench_blocks, bench_map, bench_reduce, bench_small_files
 }
 criterion_main!(benches);
