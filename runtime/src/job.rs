@@ -160,7 +160,11 @@ impl Faults {
 #[derive(Debug, Default)]
 pub struct TaskControl {
     cancelled: AtomicBool,
+    /// Progress of the current phase, set as an absolute value (a map's read phase: bytes
+    /// read; a reduce: bytes merged).
     done: AtomicU64,
+    /// Progress credited by later phases (a map's sort and spill), added to `done`.
+    later: AtomicU64,
     total: AtomicU64,
     written: AtomicU64,
     current: AtomicU64,
@@ -235,9 +239,10 @@ impl TaskControl {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Records progress: `done` of `total` bytes.
+    /// Records progress: `done` of `total` units (and forgets what later phases credited).
     pub fn set_progress(&self, done: u64, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+        self.later.store(0, Ordering::Relaxed);
         self.done.store(done, Ordering::Relaxed);
     }
 
@@ -251,9 +256,19 @@ impl TaskControl {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// Sets the work done, bytes.
+    /// Sets the work done in the current phase.
     pub fn set_done(&self, done: u64) {
         self.done.store(done, Ordering::Relaxed);
+    }
+
+    /// Credits `n` units of work done by a later phase (a map's sort and spill).
+    pub fn add_done(&self, n: u64) {
+        self.later.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Units of the current phase done: for a map, the bytes of its split read so far.
+    pub fn input_done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 
     /// Sets the total amount of work, bytes.
@@ -261,10 +276,10 @@ impl TaskControl {
         self.total.store(total, Ordering::Relaxed);
     }
 
-    /// `(done, total)` bytes.
+    /// `(done, total)` units, over every phase.
     pub fn progress(&self) -> (u64, u64) {
         (
-            self.done.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed) + self.later.load(Ordering::Relaxed),
             self.total.load(Ordering::Relaxed),
         )
     }
@@ -275,10 +290,10 @@ pub struct MapContext<'a> {
     pub(crate) sink: &'a mut dyn Sink,
     pub(crate) counters: &'a mut Counters,
     pub(crate) control: Option<&'a TaskControl>,
-    /// Units of the split before the current chunk, and the split's total: progress
-    /// reported for a chunk is placed inside the split's.
+    /// Bytes (or rows) of the split before the current chunk, and progress units per
+    /// byte of the read phase: progress reported for a chunk is placed inside the split's.
     pub(crate) base: u64,
-    pub(crate) split_total: u64,
+    pub(crate) weight: u64,
 }
 
 impl std::fmt::Debug for MapContext<'_> {
@@ -297,7 +312,7 @@ impl<'a> MapContext<'a> {
             counters,
             control: None,
             base: 0,
-            split_total: 0,
+            weight: 1,
         }
     }
 
@@ -307,11 +322,11 @@ impl<'a> MapContext<'a> {
         self
     }
 
-    /// Places the chunk being mapped inside its split: `base` units come before it, of
-    /// `split_total`.
-    pub(crate) fn at(mut self, base: u64, split_total: u64) -> Self {
+    /// Places the chunk being mapped inside its split: `base` bytes (or rows) come before
+    /// it, and each is worth `weight` progress units.
+    pub(crate) fn at(mut self, base: u64, weight: u64) -> Self {
         self.base = base;
-        self.split_total = split_total;
+        self.weight = weight;
         self
     }
 
@@ -320,8 +335,7 @@ impl<'a> MapContext<'a> {
     /// judges attempts by it.
     pub fn progress(&mut self, done: u64, total: u64) {
         if let Some(control) = self.control {
-            let total = self.split_total.max(self.base + total);
-            control.set_progress(self.base + done, total);
+            control.set_done((self.base + done.min(total)) * self.weight);
         }
     }
 

@@ -18,6 +18,27 @@ use crate::job::{
 };
 use crate::{Error, Result};
 
+/// A map task's progress covers all of its work, so that LATE's "time left" is right for
+/// a task slowed in any phase: each input byte is worth [`READ_WEIGHT`] units once it is
+/// read and mapped, [`SORT_WEIGHT`] once the buffer holding its output is sorted, and
+/// [`WRITE_WEIGHT`] once that output is written to a run (credited record by record).
+///
+/// Measured on this machine (`--sequential`, time in `feed_split` vs the final sort and
+/// spill): a terasort map over 64 MiB spent 0.06–0.45 s reading and mapping and 0.49–0.60 s
+/// sorting and spilling; a word count map over 50 MB spent 1.8 s and 5.4 s. Reading is
+/// about a quarter of a map task; of the rest, the profile puts about a third in the sort.
+/// A progress that counted only the bytes read reached 100% a quarter of the way through.
+pub(crate) const READ_WEIGHT: u64 = 1;
+/// See [`READ_WEIGHT`].
+pub(crate) const SORT_WEIGHT: u64 = 1;
+/// See [`READ_WEIGHT`].
+pub(crate) const WRITE_WEIGHT: u64 = 2;
+/// Progress units of one input byte of a map task with reducers.
+const MAP_UNITS: u64 = READ_WEIGHT + SORT_WEIGHT + WRITE_WEIGHT;
+
+/// Records written between progress updates and cancellation checks of a spill.
+const SPILL_STEP: usize = 4096;
+
 /// Bytes handed to the I/O layer per write.
 pub(crate) const CHUNK: usize = 4 << 20;
 /// Target payload of one block.
@@ -75,6 +96,9 @@ pub(crate) fn key_prefix(key: &[u8]) -> u64 {
 struct SortBuffer<'a> {
     job: &'a dyn Job,
     env: &'a MapEnv<'a>,
+    control: &'a TaskControl,
+    /// Split position up to which input has been spilled (its sort and write credited).
+    spilled_through: u64,
     name: String,
     arena: Vec<u8>,
     entries: Vec<Entry>,
@@ -119,12 +143,21 @@ impl SortBuffer<'_> {
         });
     }
 
-    /// Sorts the buffer and writes it as one run file; empties the buffer.
-    fn spill(&mut self) -> Result<()> {
+    /// Sorts the buffer and writes it as one run file; empties the buffer. The buffer holds
+    /// the output of the input up to split position `upto`: its sort and write progress is
+    /// credited as the spill goes.
+    fn spill(&mut self, upto: u64) -> Result<()> {
+        let covered = upto.saturating_sub(self.spilled_through);
+        self.spilled_through = self.spilled_through.max(upto);
         if self.entries.is_empty() && !self.runs.is_empty() {
+            self.control
+                .add_done(covered * (SORT_WEIGHT + WRITE_WEIGHT));
             return Ok(());
         }
         self.sort();
+        self.control.add_done(covered * SORT_WEIGHT);
+        let write_units = covered * WRITE_WEIGHT;
+        let mut credited = 0u64;
         let path = self
             .env
             .work_dir
@@ -173,6 +206,16 @@ impl SortBuffer<'_> {
                     }
                     records_out += (j - i) as u128;
                 }
+                if i / SPILL_STEP != j / SPILL_STEP {
+                    if self.control.is_cancelled() {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(Error::Cancelled);
+                    }
+                    let due = (u128::from(write_units) * j as u128 / n as u128) as u64;
+                    self.control.add_done(due - credited);
+                    credited = due;
+                }
                 i = j;
                 if out.len() >= CHUNK {
                     file.write(std::mem::replace(
@@ -191,6 +234,7 @@ impl SortBuffer<'_> {
             file.write(out)?;
         }
         let bytes = file.finish(false)?;
+        self.control.add_done(write_units - credited);
         self.counters.add("map.output.records", records_out);
         self.counters.add("map.output.bytes", u128::from(bytes));
         self.counters.add("map.spills", 1);
@@ -232,7 +276,8 @@ impl Sink for SortBuffer<'_> {
             && (self.used() + size + std::mem::size_of::<Entry>() > self.env.memory
                 || self.arena.len() + size > u32::MAX as usize)
         {
-            if let Err(e) = self.spill() {
+            let upto = self.control.current_record().unwrap_or(0);
+            if let Err(e) = self.spill(upto) {
                 self.error = Some(e);
                 return;
             }
@@ -285,6 +330,9 @@ impl Sink for DirectSink<'_> {
 
 /// Feeds every chunk of `split` through `job.map_split` into `sink`, in input order.
 /// Returns (records read, records skipped as bad).
+///
+/// Progress: the task's total is `units` per byte of the split; reading credits
+/// [`READ_WEIGHT`] per byte (the rest is for later phases to credit).
 fn feed_split(
     job: &dyn Job,
     inputs: &[InputFile],
@@ -292,10 +340,11 @@ fn feed_split(
     sink: &mut dyn Sink,
     counters: &mut Counters,
     control: &TaskControl,
+    units: u64,
 ) -> Result<(u128, u128)> {
     let format = job.input_format();
     let total = split.len();
-    control.set_progress(0, total);
+    control.set_progress(0, total * units);
     let (mut records_in, mut skipped, mut base) = (0u128, 0u128, 0u64);
     for chunk in &split.chunks {
         let input = inputs.get(chunk.file as usize).ok_or_else(|| {
@@ -316,7 +365,7 @@ fn feed_split(
         {
             let mut ctx = MapContext::new(&mut *sink, &mut *counters)
                 .with_control(control)
-                .at(base, total);
+                .at(base, READ_WEIGHT);
             job.map_split(&info, &mut counted, &mut ctx);
         }
         records_in += counted.n;
@@ -325,8 +374,8 @@ fn feed_split(
             return Err(Error::Cancelled);
         }
         base += chunk.len;
+        control.set_done(base * READ_WEIGHT);
     }
-    control.set_progress(total, total);
     Ok((records_in, skipped))
 }
 
@@ -365,6 +414,8 @@ pub fn run_map(
     let mut buffer = SortBuffer {
         job,
         env,
+        control,
+        spilled_through: 0,
         name: name.to_string(),
         arena: Vec::with_capacity(expect),
         entries: Vec::with_capacity(expect_entries),
@@ -373,13 +424,23 @@ pub fn run_map(
         counters: Counters::default(),
     };
     let mut counters = Counters::default();
-    let read = feed_split(job, inputs, split, &mut buffer, &mut counters, control);
+    let read = feed_split(
+        job,
+        inputs,
+        split,
+        &mut buffer,
+        &mut counters,
+        control,
+        MAP_UNITS,
+    );
     if let Some(e) = buffer.error.take() {
         buffer.remove_runs();
         return Err(e);
     }
     let read = read.inspect_err(|_| buffer.remove_runs())?;
-    buffer.spill().inspect_err(|_| buffer.remove_runs())?;
+    buffer
+        .spill(split.len())
+        .inspect_err(|_| buffer.remove_runs())?;
     counters.merge(&buffer.counters);
     count_input(&mut counters, format, split, read);
     Ok((MapOutput { runs: buffer.runs }, counters))
@@ -402,7 +463,15 @@ pub fn run_map_only(
         records: 0,
     };
     let mut counters = Counters::default();
-    let read = feed_split(job, inputs, split, &mut sink, &mut counters, control)?;
+    let read = feed_split(
+        job,
+        inputs,
+        split,
+        &mut sink,
+        &mut counters,
+        control,
+        READ_WEIGHT,
+    )?;
     let DirectSink {
         control: _,
         mut file,
@@ -471,7 +540,7 @@ impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_,
             let pos = self.base + rec.offset.saturating_sub(self.start);
             self.control.set_current(pos);
             if self.n % 4096 == 0 {
-                self.control.set_done(pos);
+                self.control.set_done(pos * READ_WEIGHT);
             }
             if self.control.skips(pos) {
                 self.skipped += 1;
@@ -488,5 +557,98 @@ impl<'a, I: Iterator<Item = crate::Record<'a>>> Iterator for CountingRecords<'_,
             }
             return Some(rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::job::ReduceContext;
+    use crate::Record;
+
+    /// Emits each line as a key and samples the attempt's progress in `combine`, which only
+    /// the spill calls.
+    struct Sampler {
+        control: Arc<TaskControl>,
+        during_spill: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Job for Sampler {
+        fn name(&self) -> &str {
+            "sampler"
+        }
+        fn input_format(&self) -> InputFormat {
+            InputFormat::Lines
+        }
+        fn map(&self, record: &Record<'_>, ctx: &mut MapContext<'_>) {
+            ctx.emit(&record.data[..2], b"1");
+        }
+        fn has_combiner(&self) -> bool {
+            true
+        }
+        fn combine(
+            &self,
+            _key: &[u8],
+            values: &mut dyn Iterator<Item = &[u8]>,
+            emit: &mut dyn FnMut(&[u8]),
+        ) {
+            emit(format!("{}", values.count()).as_bytes());
+            if let Ok(mut s) = self.during_spill.lock() {
+                s.push(self.control.progress());
+            }
+        }
+        fn reduce(&self, _: &[u8], _: &mut dyn Iterator<Item = &[u8]>, _: &mut ReduceContext<'_>) {}
+    }
+
+    #[test]
+    fn map_progress_covers_the_sort_and_spill_not_only_the_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 100,000 lines with 251 distinct two-byte keys: every combine call is inside the
+        // final spill.
+        let text: String = (0..100_000)
+            .map(|i| format!("{:02x}{}\n", i % 251, i % 40))
+            .collect();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, &text).expect("write input");
+        let inputs = crate::input::expand_inputs(&[path]).expect("inputs");
+        let split = Split::single(0, 0, text.len() as u64);
+        let control = Arc::new(TaskControl::default());
+        let job = Sampler {
+            control: control.clone(),
+            during_spill: Mutex::new(Vec::new()),
+        };
+        let io = IoService::std();
+        let env = MapEnv {
+            io: &io,
+            work_dir: dir.path(),
+            reducers: 2,
+            memory: 64 << 20,
+        };
+        run_map(&job, &inputs, &split, "m", &env, &control).expect("map");
+        let samples = job.during_spill.into_inner().expect("samples");
+        let total = text.len() as u64 * MAP_UNITS;
+        assert!(!samples.is_empty());
+        // Everything was read before the spill began, and the spill is still work left.
+        for &(done, t) in &samples {
+            assert_eq!(t, total);
+            assert!(done >= text.len() as u64 * READ_WEIGHT, "{done} of {t}");
+            assert!(
+                done < total,
+                "progress reached 100% during the spill: {done} of {t}"
+            );
+        }
+        // The write is credited record by record: progress moves during the spill.
+        let (first, last) = (samples[0].0, samples[samples.len() - 1].0);
+        assert!(
+            last > first,
+            "progress did not move during the spill ({first}..{last})"
+        );
+        assert_eq!(
+            control.progress(),
+            (total, total),
+            "all work credited at the end"
+        );
     }
 }

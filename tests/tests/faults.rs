@@ -10,7 +10,8 @@
 //!    next job.
 //! 3. **straggler** — one worker of three is made slow (`QUERN_FAULT=slow:N`): with
 //!    speculation the job finishes within 1.5× of the same job on a healthy cluster, without
-//!    speculation it does not.
+//!    speculation it does not. A worker slowed by the operating system instead (SIGSTOP /
+//!    SIGCONT from outside, 10% duty cycle) has its map backed up, and the backup wins.
 //! 4. **commit once** — backups launched by speculation (and the originals they beat) leave
 //!    exactly the `--sequential` part files, and counters are not doubled.
 //! 6. **bad records** — a map that panics on one record fails the job with a message naming
@@ -738,6 +739,69 @@ fn straggler_speculation_keeps_the_job_fast() {
         "with speculation the job must finish within {STRAGGLER_BOUND}× of a healthy run, and without it must not, in one of two rounds:\n{}",
         rounds.join("\n")
     );
+}
+
+/// Slows process `pid` from outside, as a starved machine would: SIGSTOP, then SIGCONT for
+/// 10% of every 100 ms, for at most `limit`. Dropping it stops the cycle and leaves the
+/// process running.
+struct DutyCycle {
+    cycler: std::process::Child,
+    pid: u32,
+}
+
+impl DutyCycle {
+    fn start(pid: u32, limit: Duration) -> DutyCycle {
+        let script = format!(
+            "end=$((SECONDS + {})); while [ $SECONDS -lt $end ]; do \
+             kill -STOP {pid} || exit; sleep 0.09; kill -CONT {pid} || exit; sleep 0.01; done",
+            limit.as_secs().max(1)
+        );
+        let cycler = Command::new("bash")
+            .args(["-c", &script])
+            .spawn()
+            .expect("spawn the SIGSTOP/SIGCONT cycle");
+        DutyCycle { cycler, pid }
+    }
+}
+
+impl Drop for DutyCycle {
+    fn drop(&mut self) {
+        let _ = self.cycler.kill();
+        let _ = self.cycler.wait();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// A worker slowed by the OS, not by quern's own fault hook: its process gets 10% of the
+/// time (SIGSTOP/SIGCONT cycling). Its map must be backed up and the backup must win —
+/// which needs a progress that is not 100% while the map still sorts and spills.
+#[test]
+fn worker_slowed_by_the_os_is_backed_up() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 80 MB of records, 16 MB splits: maps of a few hundred ms; the slowed worker (worker
+    // 0, which the scheduler gives the first map) needs seconds for its own.
+    let gen = teragen(dir.path(), "gen", 800_000, 1);
+    let args = s(&["terasort", &p(&gen), "-r", "1", "--split-size", "16MB"]);
+    let reference = sequential("terasort", &args, dir.path());
+    let cluster = HandCluster::start(dir.path(), "os-slowed", &[None, None, None], &[]);
+    let out = dir.path().join("terasort-os-slowed");
+    let full = [args.clone(), cluster.args(), s(&["-o", &p(&out)])].concat();
+    let o = {
+        let _slow = DutyCycle::start(cluster.workers[0].pid(), JOB_TIMEOUT);
+        run_quern(&full)
+    };
+    o.ok();
+    let a = attempts(&o);
+    assert!(
+        a.launched >= 1 && a.won >= 1,
+        "the slowed worker's map was not backed up by a winning backup: {a:?}\n{} is the slowed worker\n{}",
+        cluster.worker_id(0),
+        cluster.scheduling_log()
+    );
+    assert_like_reference("terasort with an OS-slowed worker", &reference, &out);
 }
 
 // ---------------------------------------------------------------------------------------

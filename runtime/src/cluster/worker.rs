@@ -500,7 +500,7 @@ fn job_io(state: &State, only: Option<u64>) -> Vec<JobIoMsg> {
             );
             for a in state.attempts.values().filter(|a| a.job == entry.id) {
                 if a.is_map {
-                    input += a.control.progress().0;
+                    input += a.control.input_done();
                 }
                 output += a.control.written();
             }
@@ -596,7 +596,7 @@ async fn run_attempt(
             entry
                 .io
                 .input
-                .fetch_add(control.progress().0, Ordering::Relaxed);
+                .fetch_add(control.input_done(), Ordering::Relaxed);
         }
         entry
             .io
