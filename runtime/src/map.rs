@@ -29,6 +29,9 @@ use crate::{Error, Result};
 /// about a quarter of a map task; of the rest, the profile puts about a third in the sort.
 /// A progress that counted only the bytes read reached 100% a quarter of the way through.
 pub(crate) const READ_WEIGHT: u64 = 1;
+// The read phase's units are the bytes read: `TaskControl::input_done` (the input rate
+// plots) relies on it.
+const _: () = assert!(READ_WEIGHT == 1);
 /// See [`READ_WEIGHT`].
 pub(crate) const SORT_WEIGHT: u64 = 1;
 /// See [`READ_WEIGHT`].
