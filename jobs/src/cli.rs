@@ -192,7 +192,8 @@ enum Command {
         /// Address to listen on (UDP), e.g. 0.0.0.0:7070.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
-        /// The cluster secret (hex); create one with `quern secret FILE`.
+        /// The cluster secret file: from `quern secret FILE`, or any file of at least 32
+        /// random bytes (e.g. base64 text).
         #[arg(long)]
         secret_file: PathBuf,
         /// A worker silent for this long is lost, e.g. 2s.
@@ -213,7 +214,7 @@ enum Command {
         /// The coordinator's address, HOST:PORT.
         #[arg(long, value_parser = parse_addr)]
         join: SocketAddr,
-        /// The cluster secret (hex).
+        /// The cluster secret file (as for `quern coordinator`).
         #[arg(long)]
         secret_file: PathBuf,
         /// Attempts run at once (default: one per core).

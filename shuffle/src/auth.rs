@@ -35,6 +35,10 @@ use crate::net::NetError;
 
 /// Bytes in a freshly generated secret, and the minimum a secret file must hold.
 pub const SECRET_LEN: usize = 32;
+
+/// Distinct byte values a passphrase secret file must hold (32 random bytes in base64 hold
+/// about 27; `aaaa…` or `0101…` hold one or two).
+pub const MIN_DISTINCT_BYTES: usize = 12;
 /// The TLS server name every node certificate carries and every client connects to.
 pub const SERVER_NAME: &str = "quern";
 /// The ALPN protocol of quern's QUIC connections.
@@ -92,21 +96,49 @@ impl Secret {
             .map_err(|why| NetError::Secret(format!("cluster secret is not valid: {why}")))
     }
 
-    /// Reads a secret file: hex text, whitespace trimmed, at least [`SECRET_LEN`] bytes
-    /// (`2 * SECRET_LEN` hex digits). Errors name the file.
+    /// Reads a secret file. A file of hex digits (what `quern secret` writes; whitespace
+    /// trimmed) must encode at least [`SECRET_LEN`] bytes. Any other file is taken as a
+    /// passphrase, bytes as they are (surrounding ASCII whitespace trimmed), as Spark takes
+    /// any string: e.g. `head -c 32 /dev/urandom | base64`. It must hold at least
+    /// [`SECRET_LEN`] bytes and [`MIN_DISTINCT_BYTES`] distinct byte values, so that an
+    /// obviously guessable file is refused. Errors name the file and say how to make one.
     pub fn from_file(path: &Path) -> Result<Secret, NetError> {
-        let text = std::fs::read_to_string(path).map_err(|source| NetError::Io {
+        let bytes = std::fs::read(path).map_err(|source| NetError::Io {
             context: format!("reading cluster secret file {}", path.display()),
             source,
         })?;
-        parse_hex(&text)
-            .map(|bytes| Secret { bytes })
-            .map_err(|why| {
-                NetError::Secret(format!(
-                    "cluster secret file {} is not valid: {why}",
-                    path.display()
-                ))
-            })
+        let invalid = |why: String| {
+            NetError::Secret(format!(
+                "cluster secret file {} is not valid: {why}; make one with `quern secret {}` \
+                 (or put at least {SECRET_LEN} random bytes in it, e.g. \
+                 `head -c {SECRET_LEN} /dev/urandom | base64 > {}`)",
+                path.display(),
+                path.display(),
+                path.display()
+            ))
+        };
+        let text = bytes.trim_ascii();
+        if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
+            let hex = std::str::from_utf8(text).map_err(|e| invalid(e.to_string()))?;
+            return parse_hex(hex)
+                .map(|bytes| Secret { bytes })
+                .map_err(invalid);
+        }
+        let distinct = {
+            let mut seen = [false; 256];
+            text.iter().for_each(|&b| seen[b as usize] = true);
+            seen.iter().filter(|&&s| s).count()
+        };
+        if text.len() < SECRET_LEN || distinct < MIN_DISTINCT_BYTES {
+            return Err(invalid(format!(
+                "too weak: {} bytes with {distinct} distinct values (need at least {SECRET_LEN} \
+                 bytes and {MIN_DISTINCT_BYTES} distinct values)",
+                text.len()
+            )));
+        }
+        Ok(Secret {
+            bytes: text.to_vec(),
+        })
     }
 
     /// Writes the secret as hex plus a newline to `path`, creating it with mode 0600

@@ -581,6 +581,27 @@ fn secret_file_round_trip_mode_and_errors() {
             "{err}"
         );
     }
+    // A weak file says how to make a good one.
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "password1234").unwrap();
+    let err = Secret::from_file(&weak).unwrap_err().to_string();
+    assert!(
+        err.contains("too weak") && err.contains("quern secret"),
+        "{err}"
+    );
+
+    // Any file of enough entropy works, as written by other tools: base64 text, raw bytes.
+    let base64 = dir.path().join("base64.secret");
+    std::fs::write(&base64, "q4Jx9+0vTz3mLr8WcYbN2kDsHfEa7uPiG1oV5nQwZtA=\n").unwrap();
+    let raw = dir.path().join("raw.secret");
+    std::fs::write(&raw, (0u8..=255).rev().collect::<Vec<u8>>()).unwrap();
+    for good in [&base64, &raw] {
+        let a = Secret::from_file(good).unwrap_or_else(|e| panic!("{}: {e}", good.display()));
+        let b = Secret::from_file(good).unwrap();
+        assert_eq!(a.to_hex(), b.to_hex(), "the same file, the same secret");
+        assert_ne!(a.to_hex(), secret.to_hex());
+    }
+
     let missing = dir.path().join("missing");
     let err = Secret::from_file(&missing).unwrap_err();
     assert!(
