@@ -85,9 +85,10 @@ pub struct RunArgs {
     /// Skip records that crash a map twice at the same place, and list them in the summary.
     #[arg(long)]
     skip_bad_records: bool,
-    /// Continue the job journaled in the output directory (after the coordinator died)
-    /// instead of refusing the existing output.
-    #[arg(long, requires = "coordinator")]
+    /// Continue the job journaled in the output directory (after the coordinator, or the
+    /// job command with its local cluster, died) instead of refusing the existing output:
+    /// committed tasks are not run again.
+    #[arg(long, conflicts_with_all = ["sequential", "in_process"])]
     resume: bool,
     /// Write the job's report into DIR: report.json, one .hgrm per latency histogram, and
     /// report.html (task timeline, rates, percentile curves). Needs a cluster run.
@@ -340,9 +341,19 @@ pub fn main() -> ExitCode {
             ) {
                 e.exit();
             }
-            // One line, like every other error: clap's first line without its own prefix.
+            // One line, like every other error: clap's first paragraph (which names what
+            // is missing or wrong) joined, without clap's own prefix.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = if first.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                first.join(" ")
+            };
             eprintln!("quern: error: {}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }

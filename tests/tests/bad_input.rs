@@ -287,3 +287,16 @@ fn zero_reducers_is_refused_or_harmless() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A flag that needs another names the missing one (clap's own message is several lines;
+/// quern prints it as one).
+#[test]
+fn missing_required_flag_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = p(&book("pg-metamorphosis.txt"));
+    let line = expect_user_error(
+        &s(&["wc", &good, "--coordinator", "127.0.0.1:9"]),
+        Some(&dir.path().join("out")),
+    );
+    contains_all(&line, &["--secret-file"]);
+}

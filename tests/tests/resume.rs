@@ -183,3 +183,77 @@ fn coordinator_killed_mid_job_resumes_from_its_journal() {
     );
     drop(workers);
 }
+
+/// The job command owns its embedded local cluster: SIGKILL of the command takes the
+/// cluster down mid-job, and re-running the command with `--resume` (no `--coordinator`)
+/// continues the journaled job. Map output lived on the dead cluster's workers, so maps run
+/// again; a reduce committed before the crash is not.
+#[test]
+fn local_cluster_job_killed_mid_job_resumes_with_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gen = dir.path().join("gen");
+    run([
+        "teragen",
+        "-q",
+        "--in-process",
+        "--records",
+        "200000",
+        "--parts",
+        "4",
+        "-o",
+        &p(&gen),
+    ])
+    .ok();
+    let job = |out: &Path| {
+        vec![
+            "terasort".to_string(),
+            p(&gen),
+            "-r".into(),
+            "2".into(),
+            "--split-size".into(),
+            "250000".into(),
+            "-o".into(),
+            p(out),
+        ]
+    };
+    let seq = dir.path().join("seq");
+    run([job(&seq), vec!["--sequential".to_string()]].concat()).ok();
+
+    let out = dir.path().join("out");
+    let mut cmd = std::process::Command::new(quern_tests::quern());
+    // The local cluster's workers inherit the fault: slow maps, so the kill lands mid-job.
+    cmd.args(job(&out))
+        .args(["--workers", "2"])
+        .env("QUERN_FAULT", "slow:3");
+    let mut client = Proc::spawn("job command", cmd);
+    wait_until(JOB_TIMEOUT, || (commits(&out).len() >= 4).then_some(()))
+        .unwrap_or_else(|| panic!("no commits journaled\n{}", client.describe()));
+    client.kill();
+    assert!(
+        !out.join("_SUCCESS").exists(),
+        "the job finished before the kill: make it longer"
+    );
+    let before = commits(&out);
+
+    let resumed = run([job(&out), vec!["--resume".to_string()]].concat());
+    resumed.ok();
+    assert_eq!(
+        parts(&out),
+        parts(&seq),
+        "resumed output differs from --sequential"
+    );
+    let after = commits(&out);
+    for (task, n) in &after {
+        let again = if task.starts_with("reduce") { 1 } else { 2 };
+        assert!(
+            *n <= again && (*n == 1 || before.contains_key(task)),
+            "{task} committed {n} times (before the kill: {:?})",
+            before.get(task)
+        );
+    }
+    assert_eq!(
+        after.len(),
+        80 + 2,
+        "every map and reduce committed: {after:?}"
+    );
+}
