@@ -146,7 +146,6 @@ fn execute(
         memory: (cfg.memory / slots as u64).max(1 << 20),
         merge_factor: cfg.merge_factor,
     };
-    let control = TaskControl::default();
     let mut counters = Counters::default();
     let map_task = |i: usize| -> Result<(Vec<RunFile>, Counters)> {
         let split = &plan.splits[i];
@@ -159,6 +158,7 @@ fn execute(
             (name, c.start)
         });
         guarded(&format!("{task} ({} byte {})", first.0, first.1), || {
+            let control = TaskControl::default();
             task::map_task(job, &plan.inputs, split, i as u32, 0, out, &env, &control)
         })
     };
@@ -178,7 +178,15 @@ fn execute(
             for (map, run) in &runs {
                 input.add(Source::of_run(run, part, Some(*map))?);
             }
-            task::reduce_task(job, input, part as u32, 0, out, &io, &control)
+            task::reduce_task(
+                job,
+                input,
+                part as u32,
+                0,
+                out,
+                &io,
+                &TaskControl::default(),
+            )
         })
     };
     for c in run_pool(threads, cfg.reducers as usize, reduce_task)? {

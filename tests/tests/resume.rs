@@ -3,7 +3,7 @@
 //! before the crash was run again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quern_tests::cluster::{
@@ -44,29 +44,42 @@ fn worker(addr: &str, secret: &Path, i: usize) -> Proc {
     Proc::spawn(format!("worker {i}"), cmd)
 }
 
-#[test]
-fn coordinator_killed_mid_job_resumes_from_its_journal() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secret = dir.path().join("secret");
-    new_secret(&secret);
-    let gen = dir.path().join("gen");
-    run([
-        "teragen",
-        "-q",
-        "--in-process",
-        "--records",
-        "200000",
-        "--parts",
-        "4",
-        "-o",
-        &p(&gen),
-    ])
-    .ok();
-    let seq = dir.path().join("seq");
-    let job = |out: &Path| {
+/// The job both tests interrupt: terasort of 20 MB in four files, 80 maps of 250,000
+/// bytes, two reducers. Writes the input under `dir`, and the `--sequential` reference
+/// to `dir/seq`.
+struct Terasort {
+    gen: PathBuf,
+    seq: PathBuf,
+}
+
+impl Terasort {
+    fn prepare(dir: &Path) -> Terasort {
+        let gen = dir.join("gen");
+        run([
+            "teragen",
+            "-q",
+            "--in-process",
+            "--records",
+            "200000",
+            "--parts",
+            "4",
+            "-o",
+            &p(&gen),
+        ])
+        .ok();
+        let job = Terasort {
+            gen,
+            seq: dir.join("seq"),
+        };
+        run([job.args(&job.seq), vec!["--sequential".to_string()]].concat()).ok();
+        job
+    }
+
+    /// The job's arguments, writing to `out`.
+    fn args(&self, out: &Path) -> Vec<String> {
         vec![
             "terasort".to_string(),
-            p(&gen),
+            p(&self.gen),
             "-r".into(),
             "2".into(),
             "--split-size".into(),
@@ -74,10 +87,16 @@ fn coordinator_killed_mid_job_resumes_from_its_journal() {
             "-o".into(),
             p(out),
         ]
-    };
-    let mut args = job(&seq);
-    args.push("--sequential".into());
-    run(&args).ok();
+    }
+}
+
+#[test]
+fn coordinator_killed_mid_job_resumes_from_its_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    new_secret(&secret);
+    let terasort = Terasort::prepare(dir.path());
+    let (job, seq) = (|out: &Path| terasort.args(out), &terasort.seq);
 
     let coordinator = Proc::quern(
         "coordinator",
@@ -161,7 +180,7 @@ fn coordinator_killed_mid_job_resumes_from_its_journal() {
 
     assert_eq!(
         parts(&out),
-        parts(&seq),
+        parts(seq),
         "resumed output differs from --sequential"
     );
     let after = commits(&out);
@@ -191,34 +210,8 @@ fn coordinator_killed_mid_job_resumes_from_its_journal() {
 #[test]
 fn local_cluster_job_killed_mid_job_resumes_with_resume() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gen = dir.path().join("gen");
-    run([
-        "teragen",
-        "-q",
-        "--in-process",
-        "--records",
-        "200000",
-        "--parts",
-        "4",
-        "-o",
-        &p(&gen),
-    ])
-    .ok();
-    let job = |out: &Path| {
-        vec![
-            "terasort".to_string(),
-            p(&gen),
-            "-r".into(),
-            "2".into(),
-            "--split-size".into(),
-            "250000".into(),
-            "-o".into(),
-            p(out),
-        ]
-    };
-    let seq = dir.path().join("seq");
-    run([job(&seq), vec!["--sequential".to_string()]].concat()).ok();
-
+    let terasort = Terasort::prepare(dir.path());
+    let (job, seq) = (|out: &Path| terasort.args(out), &terasort.seq);
     let out = dir.path().join("out");
     let mut cmd = std::process::Command::new(quern_tests::quern());
     // The local cluster's workers inherit the fault: slow maps, so the kill lands mid-job.
@@ -239,7 +232,7 @@ fn local_cluster_job_killed_mid_job_resumes_with_resume() {
     resumed.ok();
     assert_eq!(
         parts(&out),
-        parts(&seq),
+        parts(seq),
         "resumed output differs from --sequential"
     );
     let after = commits(&out);
