@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use quern_runtime::cluster::{
-    self, coordinator::CoordinatorConfig, launch::LocalCluster, worker::WorkerConfig,
+    self,
+    coordinator::CoordinatorConfig,
+    launch::{LocalCluster, MAX_COORDINATOR_RESTARTS},
+    worker::WorkerConfig,
 };
 use quern_runtime::input::{expand_inputs_with, plan_row_splits, rows_input, Walk};
 use quern_runtime::local::{default_memory, default_threads};
@@ -507,7 +510,7 @@ impl RunArgs {
             })
             .collect::<Result<_, Error>>()?;
         let cores = default_threads() as u64;
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             job: job.descriptor.encode().map_err(Error::Usage)?,
             name: job.name.to_string(),
             inputs: cluster::inputs_to_msg(&inputs),
@@ -523,13 +526,14 @@ impl RunArgs {
         let mut progress = Progress::new(job.name, self.quiet, self.verbose);
         let mut events = |e| progress.event(e);
         if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
-            let report = cluster::client::submit(addr, &read_secret(secret)?, spec, &mut events);
+            let secret = read_secret(secret)?;
+            let report = cluster::client::submit(addr, &secret, spec, &mut events, &mut || true);
             progress.finish();
             return report;
         }
         let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
         let workers = self.workers.unwrap_or(cores as usize).max(1);
-        let local = LocalCluster::start(&exe, workers, 1)?;
+        let mut local = LocalCluster::start(&exe, workers, 1)?;
         if self.verbose {
             eprintln!(
                 "quern: local cluster at {}, pids {:?}",
@@ -538,7 +542,28 @@ impl RunArgs {
             );
         }
         let secret = read_secret(local.secret_file())?;
-        let report = cluster::client::submit(local.addr(), &secret, spec, &mut events);
+        // This command owns the cluster: when its coordinator dies, start another one and
+        // resubmit the job, which it continues from the journal in the output directory.
+        let report = loop {
+            let addr = local.addr();
+            let alive = &mut || local.coordinator_running();
+            match cluster::client::submit(addr, &secret, spec.clone(), &mut events, alive) {
+                Err(Error::CoordinatorLost(reason))
+                    if local.coordinator_restarts() < MAX_COORDINATOR_RESTARTS =>
+                {
+                    eprintln!(
+                        "quern: {reason}\nquern: restarting the local coordinator ({} of {}); \
+                         it continues the job from {}",
+                        local.coordinator_restarts() + 1,
+                        MAX_COORDINATOR_RESTARTS,
+                        output.join("_journal").display()
+                    );
+                    local.restart_coordinator()?;
+                    spec.resume = true;
+                }
+                r => break r,
+            }
+        };
         progress.finish();
         report
     }

@@ -72,6 +72,10 @@ pub enum Error {
     /// A network or protocol failure between cluster processes.
     #[error("{0}")]
     Net(String),
+    /// The client lost its coordinator mid-job (the process died or the network failed);
+    /// the coordinator's journal keeps the job.
+    #[error("{0}")]
+    CoordinatorLost(String),
     /// The io_uring backend could not be started or stopped responding.
     #[error("io_uring: {0}")]
     Uring(String),

@@ -50,6 +50,10 @@ pub const NODE_COMMON_NAME: &str = "quern node";
 
 /// HKDF `info` for the CA key seed; bump the version to rotate every derived CA.
 const CA_KDF_INFO: &[u8] = b"quern cluster CA v1";
+/// HKDF `info` for the QUIC stateless-reset key.
+const RESET_KDF_INFO: &[u8] = b"quern stateless reset v1";
+/// HKDF `info` for the key of the connection-id checksum.
+const CID_KDF_INFO: &[u8] = b"quern connection ids v1";
 /// HKDF salt (a fixed domain separator; the secret carries the entropy).
 const CA_KDF_SALT: &[u8] = b"quern";
 /// PKCS#8 v1 DER prefix of an Ed25519 private key; the 32-byte seed follows.
@@ -170,6 +174,32 @@ impl Secret {
 
     /// The 32-byte Ed25519 seed of the cluster CA key: HKDF-SHA256 of the secret.
     fn ca_seed(&self) -> Result<[u8; 32], NetError> {
+        self.derive(CA_KDF_INFO)
+    }
+
+    /// The key of QUIC stateless resets, the same in every process holding the secret.
+    ///
+    /// A process restarted on a dead one's address (a local cluster's coordinator) then
+    /// answers the dead one's connections with a reset their peers accept, so they learn
+    /// at their next packet that it is gone, not after the idle timeout. Without the secret
+    /// a reset cannot be forged.
+    pub fn reset_key(&self) -> Result<ring::hmac::Key, NetError> {
+        let key = self.derive(RESET_KDF_INFO)?;
+        Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key))
+    }
+
+    /// The key of the checksum in every connection id (quinn's hashed ids), the same in
+    /// every process holding the secret, so that a restarted process accepts the dead
+    /// one's ids as its own and answers them with a reset (see [`Secret::reset_key`]).
+    pub fn connection_id_key(&self) -> Result<u64, NetError> {
+        let key = self.derive(CID_KDF_INFO)?;
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&key[..8]);
+        Ok(u64::from_le_bytes(first))
+    }
+
+    /// 32 bytes of HKDF-SHA256 of the secret, for the use `info` names.
+    fn derive(&self, info: &'static [u8]) -> Result<[u8; 32], NetError> {
         struct Len32;
         impl ring::hkdf::KeyType for Len32 {
             fn len(&self) -> usize {
@@ -177,11 +207,12 @@ impl Secret {
             }
         }
         let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, CA_KDF_SALT).extract(&self.bytes);
-        let mut seed = [0u8; 32];
-        prk.expand(&[CA_KDF_INFO], Len32)
-            .and_then(|okm| okm.fill(&mut seed))
+        let mut out = [0u8; 32];
+        let infos = [info];
+        prk.expand(&infos, Len32)
+            .and_then(|okm| okm.fill(&mut out))
             .map_err(|_| NetError::Tls("HKDF expansion of the cluster secret failed".into()))?;
-        Ok(seed)
+        Ok(out)
     }
 }
 
@@ -246,6 +277,8 @@ fn ca_params() -> Result<CertificateParams, NetError> {
 /// A process's TLS identity in the cluster: the derived CA and this process's node
 /// certificate, as ready-made rustls server and client configurations.
 pub struct Identity {
+    reset_key: Arc<ring::hmac::Key>,
+    connection_id_key: u64,
     ca_cert: CertificateDer<'static>,
     node_cert: CertificateDer<'static>,
     server: Arc<rustls::ServerConfig>,
@@ -335,11 +368,23 @@ impl Identity {
         client.enable_early_data = false;
 
         Ok(Identity {
+            reset_key: Arc::new(secret.reset_key()?),
+            connection_id_key: secret.connection_id_key()?,
             ca_cert,
             node_cert,
             server: Arc::new(server),
             client: Arc::new(client),
         })
+    }
+
+    /// The key of QUIC stateless resets (see [`Secret::reset_key`]).
+    pub fn reset_key(&self) -> Arc<ring::hmac::Key> {
+        self.reset_key.clone()
+    }
+
+    /// The key of connection-id checksums (see [`Secret::connection_id_key`]).
+    pub fn connection_id_key(&self) -> u64 {
+        self.connection_id_key
     }
 
     /// The derived cluster CA certificate (DER). Its subject and key are the same in every

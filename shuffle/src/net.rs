@@ -160,7 +160,13 @@ pub fn endpoint_with_identity(bind: SocketAddr, identity: &Identity) -> Result<E
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
 
-    let mut config = quinn::EndpointConfig::default();
+    // Resets and connection ids keyed by the secret: a process restarted on a dead one's
+    // address resets the dead one's connections instead of ignoring them.
+    let mut config = quinn::EndpointConfig::new(identity.reset_key());
+    let cid_key = identity.connection_id_key();
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     config
         .max_udp_payload_size(MTU_UPPER_BOUND)
         .map_err(|e| NetError::Tls(format!("max_udp_payload_size: {e}")))?;

@@ -639,3 +639,57 @@ async fn recv_segments_reusing_fills_spare_buffers() {
     assert_eq!(got[0].as_ptr(), big_spare);
     assert!(spare.is_empty());
 }
+
+/// A server on its own runtime, serving `port` (0: any) until the runtime is dropped. Its
+/// connections then vanish without a CONNECTION_CLOSE, as when its process is SIGKILLed.
+fn server_on_own_runtime(secret: &Secret, port: u16) -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = rt.block_on(async {
+        let ep = net::endpoint(bind, secret).unwrap();
+        let addr = ep.local_addr().unwrap();
+        drop(serve(ep));
+        addr
+    });
+    (rt, addr)
+}
+
+/// Every process of a cluster derives its stateless-reset key from the secret, so a server
+/// restarted on a dead one's address resets the dead one's connections at their next
+/// packet: the peer sees `Reset`, not an idle timeout 10 s later.
+#[test]
+fn a_restarted_server_resets_the_dead_ones_connections() {
+    let secret = Secret::generate().unwrap();
+    let (dead, addr) = server_on_own_runtime(&secret, 0);
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, conn) = client_rt.block_on(async {
+        let (client, _) = node(&secret);
+        let conn = bounded("connect", net::connect(&client, addr))
+            .await
+            .unwrap();
+        (client, conn)
+    });
+    // The dead server says nothing: its tasks stop with its runtime, its socket closes.
+    drop(dead);
+    let (_restarted, again) = server_on_own_runtime(&secret, addr.port());
+    assert_eq!(again, addr);
+    let err = client_rt.block_on(async {
+        // Anything the client sends now reaches the restarted server.
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let _ = net::write_frame(&mut send, b"anyone there?").await;
+        bounded("the connection ends", conn.closed()).await
+    });
+    assert!(
+        matches!(err, quinn::ConnectionError::Reset),
+        "expected a stateless reset, got {err:?}"
+    );
+    drop(client);
+}

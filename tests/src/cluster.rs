@@ -408,6 +408,16 @@ impl Tracked {
     }
 }
 
+/// Sends `signal` (`KILL`, `STOP`, `CONT`) to `pid` with kill(1); false if it failed (the
+/// process is gone).
+pub fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Parses the pids of `quern -v`'s line `quern: local cluster at ADDR, pids [1, 2, 3]`.
 pub fn cluster_pids(stderr: &str) -> Option<Vec<u32>> {
     let line = stderr

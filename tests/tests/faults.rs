@@ -36,8 +36,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use quern_tests::cluster::{
-    cluster_pids, coordinator_addr, new_secret, proc_stat, run_quern, wait_joined, Proc, Stream,
-    JOB_TIMEOUT,
+    cluster_pids, coordinator_addr, new_secret, proc_stat, run_quern, signal, wait_joined, Proc,
+    Stream, JOB_TIMEOUT,
 };
 use quern_tests::{assert_committed, book, books, entries, map_tasks, p, parts, quern, Outcome};
 
@@ -68,16 +68,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
-}
-
-/// Sends `signal` (`KILL`, `STOP`, `CONT`) to `pid` with kill(1); false if it failed (the
-/// process is gone).
-fn signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A small deterministic generator (splitmix64): the seeds of the crash test replay.
@@ -768,9 +758,7 @@ impl Drop for DutyCycle {
     fn drop(&mut self) {
         let _ = self.cycler.kill();
         let _ = self.cycler.wait();
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid.to_string()])
-            .status();
+        signal(self.pid, "CONT");
     }
 }
 

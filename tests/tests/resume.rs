@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quern_tests::cluster::{
-    coordinator_addr, new_secret, wait_joined, wait_until, Proc, Stream, JOB_TIMEOUT,
+    cluster_pids, coordinator_addr, new_secret, signal, wait_joined, wait_until, Proc, Stream,
+    JOB_TIMEOUT,
 };
 use quern_tests::{p, parts, run};
 
@@ -249,4 +250,64 @@ fn local_cluster_job_killed_mid_job_resumes_with_resume() {
         80 + 2,
         "every map and reduce committed: {after:?}"
     );
+}
+
+/// The job command owns its local cluster, so it also recovers it: SIGKILL of the local
+/// coordinator mid-job makes the command start a new one on the same address, which
+/// continues the job from the journal. The workers re-join it with their map outputs. The
+/// job succeeds with the right output, and no task committed before the kill runs again.
+#[test]
+fn local_coordinator_killed_mid_job_is_restarted_by_the_job_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let terasort = Terasort::prepare(dir.path());
+    let out = dir.path().join("out");
+    let mut cmd = std::process::Command::new(quern_tests::quern());
+    cmd.args(terasort.args(&out))
+        .args(["--workers", "2", "-v"])
+        // Slow reduces: the kill lands mid-job, whatever the machine's speed.
+        .env("QUERN_FAULT", "slow:30");
+    let mut client = Proc::spawn("job command", cmd);
+    let pids = client.expect_output("the cluster's pids", Stream::Stderr, JOB_TIMEOUT, |log| {
+        cluster_pids(log)
+    });
+    wait_until(JOB_TIMEOUT, || (commits(&out).len() >= 4).then_some(()))
+        .unwrap_or_else(|| panic!("no commits journaled\n{}", client.describe()));
+    assert!(
+        signal(pids[0], "KILL"),
+        "cannot kill the coordinator {}",
+        pids[0]
+    );
+    assert!(
+        !out.join("_SUCCESS").exists(),
+        "the job finished before the kill: make it longer"
+    );
+    let before = commits(&out);
+
+    let status = client
+        .wait_exit(JOB_TIMEOUT)
+        .unwrap_or_else(|| panic!("the job did not finish\n{}", client.describe()));
+    let stderr = client.output(Stream::Stderr);
+    assert!(status.success(), "the job failed:\n{stderr}");
+    assert!(
+        stderr.contains("restarting the local coordinator (1 of 3)"),
+        "the command says it restarted the coordinator:\n{stderr}"
+    );
+    assert_eq!(
+        parts(&out),
+        parts(&terasort.seq),
+        "output after the restart differs from --sequential"
+    );
+    let after = commits(&out);
+    for task in before.keys() {
+        assert_eq!(
+            after.get(task),
+            Some(&1),
+            "{task} was committed before the kill and must not run again"
+        );
+    }
+    assert!(
+        after.values().all(|&n| n == 1),
+        "a task committed twice: {after:?}"
+    );
+    assert_eq!(after.len(), 80 + 2, "every task committed: {after:?}");
 }

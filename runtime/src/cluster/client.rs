@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quern_shuffle::net::{self, NetError};
 use quern_shuffle::wire::{decode_msg, encode_msg, Hello, JobSpec, ToClient};
@@ -36,25 +36,50 @@ pub enum JobEvent {
     },
 }
 
+/// How often [`submit`] asks whether the coordinator's process still runs.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Submits `spec` to the coordinator at `coordinator` and waits until the job ends, telling
 /// `events` how it goes. Ctrl-C abandons the job: the coordinator sees the client go and
 /// aborts it.
+///
+/// `alive` is asked every 100 ms whether the coordinator still runs (a local cluster knows
+/// its coordinator's process; a remote one answers `true`): a dead one ends the wait at once
+/// with [`Error::CoordinatorLost`] instead of after QUIC's idle timeout.
 pub fn submit(
     coordinator: SocketAddr,
     secret: &Secret,
     spec: JobSpec,
     events: &mut dyn FnMut(JobEvent),
+    alive: &mut dyn FnMut() -> bool,
 ) -> Result<JobReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     rt.block_on(async {
+        let watch = async {
+            let mut tick = tokio::time::interval(WATCH_INTERVAL);
+            loop {
+                tick.tick().await;
+                if !alive() {
+                    return lost(coordinator, "its process exited");
+                }
+            }
+        };
         tokio::select! {
             r = submit_async(coordinator, secret, spec, events) => r,
+            e = watch => Err(e),
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
         }
     })
+}
+
+fn lost(coordinator: SocketAddr, why: impl std::fmt::Display) -> Error {
+    Error::CoordinatorLost(format!(
+        "lost the coordinator at {coordinator} ({why}); its journal keeps the job: restart it \
+         with --resume OUTPUT/_journal, or re-run this command with --resume"
+    ))
 }
 
 async fn submit_async(
@@ -83,13 +108,10 @@ async fn submit_async(
     let hello = encode_msg(&Hello::Client(spec)).map_err(net_err)?;
     net::write_frame(&mut send, &hello).await.map_err(net_err)?;
     let result = loop {
-        let lost = |e: NetError| {
-            Error::Net(format!(
-                "lost the coordinator at {coordinator} ({e}); its journal keeps the job: restart it \
-                 with --resume OUTPUT/_journal, or re-run this command with --resume"
-            ))
-        };
-        let Some(frame) = net::read_frame(&mut recv, MAX_FRAME).await.map_err(lost)? else {
+        let Some(frame) = net::read_frame(&mut recv, MAX_FRAME)
+            .await
+            .map_err(|e| lost(coordinator, e))?
+        else {
             break Err(Error::Net(
                 "coordinator closed the connection before the job ended".into(),
             ));

@@ -25,10 +25,15 @@ use crate::{Error, Result};
 /// Worker restarts allowed per cluster.
 pub const MAX_RESPAWNS: u32 = 16;
 
+/// Coordinator restarts allowed per cluster (see [`LocalCluster::restart_coordinator`]).
+pub const MAX_COORDINATOR_RESTARTS: u32 = 3;
+
 /// A running local cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
+    exe: PathBuf,
     coordinator: Child,
+    coordinator_restarts: u32,
     workers: Arc<Mutex<Vec<Child>>>,
     addr: SocketAddr,
     status_url: String,
@@ -117,27 +122,7 @@ impl LocalCluster {
         Secret::generate()
             .and_then(|s| s.write_file(&secret_file))
             .map_err(|e| Error::Net(e.to_string()))?;
-        let mut coordinator = Command::new(exe)
-            .args([
-                "coordinator",
-                "--listen",
-                "127.0.0.1:0",
-                "--exit-with-parent",
-                "--secret-file",
-            ])
-            .arg(&secret_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io(exe, e))?;
-        let (addr, status_url) = match read_address(&mut coordinator) {
-            Ok(greeting) => greeting,
-            Err(e) => {
-                let _ = coordinator.kill();
-                let _ = coordinator.wait();
-                return Err(e);
-            }
-        };
+        let (coordinator, addr, status_url) = spawn_coordinator(exe, "127.0.0.1:0", &secret_file)?;
         let command = WorkerCommand {
             exe: exe.to_path_buf(),
             addr,
@@ -146,7 +131,9 @@ impl LocalCluster {
             dir: dir.path().to_path_buf(),
         };
         let mut cluster = LocalCluster {
+            exe: exe.to_path_buf(),
             coordinator,
+            coordinator_restarts: 0,
             workers: Arc::new(Mutex::new(Vec::new())),
             addr,
             status_url,
@@ -178,6 +165,47 @@ impl LocalCluster {
 
     fn lock_workers(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// False once the coordinator's process has exited (killed, crashed).
+    pub fn coordinator_running(&mut self) -> bool {
+        matches!(self.coordinator.try_wait(), Ok(None))
+    }
+
+    /// Coordinator restarts so far.
+    pub fn coordinator_restarts(&self) -> u32 {
+        self.coordinator_restarts
+    }
+
+    /// Starts a new coordinator on the dead one's address, so the workers re-join it on
+    /// their own (they keep their map outputs and retry with backoff). The job is then
+    /// resubmitted with `resume`, and the new coordinator continues it from the journal in
+    /// the output directory. Allowed [`MAX_COORDINATOR_RESTARTS`] times per cluster.
+    pub fn restart_coordinator(&mut self) -> Result<()> {
+        if self.coordinator_restarts >= MAX_COORDINATOR_RESTARTS {
+            return Err(Error::Net(format!(
+                "the local coordinator died {} times; giving up",
+                self.coordinator_restarts + 1
+            )));
+        }
+        self.coordinator_restarts += 1;
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+        let (child, addr, status_url) =
+            spawn_coordinator(&self.exe, &self.addr.to_string(), &self.secret_file)?;
+        if addr != self.addr {
+            // The workers join `self.addr`; a coordinator elsewhere would never see them.
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Net(format!(
+                "the restarted coordinator listens on {addr}, not {}",
+                self.addr
+            )));
+        }
+        self.coordinator = child;
+        self.status_url = status_url;
+        Ok(())
     }
 
     /// Workers respawned so far.
@@ -226,6 +254,36 @@ impl Drop for LocalCluster {
             .chain(std::iter::once(&mut self.coordinator))
         {
             let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `exe coordinator --listen LISTEN` and reads its greeting: the child, its address
+/// and its status page.
+fn spawn_coordinator(
+    exe: &Path,
+    listen: &str,
+    secret_file: &Path,
+) -> Result<(Child, SocketAddr, String)> {
+    let mut coordinator = Command::new(exe)
+        .args([
+            "coordinator",
+            "--listen",
+            listen,
+            "--exit-with-parent",
+            "--secret-file",
+        ])
+        .arg(secret_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(exe, e))?;
+    match read_address(&mut coordinator) {
+        Ok((addr, url)) => Ok((coordinator, addr, url)),
+        Err(e) => {
+            let _ = coordinator.kill();
+            let _ = coordinator.wait();
+            Err(e)
         }
     }
 }
