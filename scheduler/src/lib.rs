@@ -45,7 +45,12 @@
 //!   ([`Command::MapOutputLost`]). A lost worker never gets work again and its later events
 //!   are ignored; it must re-join under a new id.
 //! * **Failures.** A failed attempt sends its task back to idle; the `max_attempts`-th failure
-//!   of a task fails the job. `fetch_failures_to_reexecute` fetch-failure reports against one
+//!   of a task fails the job.
+//! * **Work dirs.** An attempt that failed on its worker's work dir ([`Event::WorkDirFailed`]:
+//!   full or failing disk) goes back to idle without counting against its task, and the
+//!   worker runs no map attempts (map output lives on its disk) until
+//!   [`Event::WorkDirRecovered`]; it still runs reduces. If a map is idle and every live
+//!   worker's work dir has failed, the job fails, quoting the last error. `fetch_failures_to_reexecute` fetch-failure reports against one
 //!   committed map output re-execute that map; a map re-executed this way more than
 //!   `max_attempts` times fails the job.
 //! * **Ending.** [`Command::JobDone`] is emitted once, when every reduce has committed and every
@@ -348,6 +353,20 @@ pub enum Event {
         attempt: AttemptId,
         /// Why; quoted in `JobFailed` if this was the last allowed failure.
         error: String,
+    },
+    /// The attempt failed on its worker's own work dir (full: ENOSPC, EDQUOT; failing: EIO,
+    /// EROFS), not on its task: the failure is not counted against the task, and the worker
+    /// gets no map attempts until [`Event::WorkDirRecovered`].
+    WorkDirFailed {
+        /// The attempt.
+        attempt: AttemptId,
+        /// What went wrong, naming the path.
+        error: String,
+    },
+    /// The worker's work dir has room again: it may run map attempts again.
+    WorkDirRecovered {
+        /// The worker.
+        worker: WorkerId,
     },
     /// A running reduce attempt could not fetch map `map`'s output from its worker.
     FetchFailed {

@@ -253,6 +253,18 @@ impl Scheduler {
                     self.fail_attempt(attempt, error);
                 }
             }
+            Event::WorkDirFailed { attempt, error } => {
+                if self.report_from_running(now, attempt).is_some() {
+                    self.work_dir_failed(attempt, error);
+                }
+            }
+            Event::WorkDirRecovered { worker } => {
+                if self.touch(now, worker) {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.work_dir_fault = None;
+                    }
+                }
+            }
             Event::FetchFailed { attempt, map } => {
                 if self.report_from_running(now, attempt) == Some(Phase::Reduce) {
                     self.fetch_failed(map);
@@ -623,6 +635,7 @@ impl Scheduler {
                 slots,
                 state: WorkerState::Alive { last_seen: now },
                 running: BTreeSet::new(),
+                work_dir_fault: None,
             },
         );
         self.stats.workers_joined += 1;
@@ -886,6 +899,46 @@ impl Scheduler {
         }
     }
 
+    /// Running attempt `attempt` failed on its worker's work dir: attempt → `Failed`, task →
+    /// `Idle` (not counted against it), and the worker takes no maps until it recovers.
+    fn work_dir_failed(&mut self, attempt: AttemptId, error: String) {
+        let next = AttemptState::Failed {
+            error: error.clone(),
+        };
+        let Some((_, worker)) = self.end_attempt(attempt, next) else {
+            return;
+        };
+        self.stats.attempts_failed += 1;
+        self.stats.work_dir_failures += 1;
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.work_dir_fault = Some(error);
+        }
+    }
+
+    /// With a map idle and no live worker whose work dir can take map output, nothing can
+    /// run it: the job fails, quoting a work dir's error.
+    fn fail_if_no_work_dir(&mut self) {
+        if self.idle_maps.is_empty() {
+            return;
+        }
+        let mut live = self.workers.values().filter(|w| w.is_alive()).peekable();
+        if live.peek().is_none() {
+            return; // no workers yet (or all lost): wait for some to join
+        }
+        let mut fault = None;
+        for w in live {
+            match &w.work_dir_fault {
+                None => return,
+                Some(e) => fault = Some(e.clone()),
+            }
+        }
+        if let Some(e) = fault {
+            self.fail_job(format!(
+                "no worker can take map output: every live worker's work dir failed (last: {e})"
+            ));
+        }
+    }
+
     /// Running attempt `attempt` → `Cancelled(reason)`, and tells its worker.
     fn cancel_attempt(&mut self, attempt: AttemptId, reason: CancelReason) {
         let Some((_, worker)) = self.end_attempt(attempt, AttemptState::Cancelled { reason })
@@ -994,10 +1047,14 @@ impl Scheduler {
     /// map is idle — idle reduces, then backups of straggling reduces. Each idle task goes,
     /// lowest index first, to the live worker with the most free slots.
     fn schedule(&mut self, now: Duration) {
+        self.fail_if_no_work_dir();
+        if self.is_finished() {
+            return;
+        }
         // With speculation on, idle tasks avoid slow workers while others have free slots.
         let mut slow = None;
         while let Some(&m) = self.idle_maps.first() {
-            if let Some(worker) = self.place(now, &mut slow) {
+            if let Some(worker) = self.place(now, Phase::Map, &mut slow) {
                 self.launch(now, TaskId::map(m), worker, None);
                 continue;
             }
@@ -1020,7 +1077,7 @@ impl Scheduler {
         // committed, so a straggling map is on every reduce's critical path.
         self.speculate(now, Phase::Map);
         while let Some(&r) = self.idle_reduces.first() {
-            let Some(worker) = self.place(now, &mut slow) else {
+            let Some(worker) = self.place(now, Phase::Reduce, &mut slow) else {
                 break;
             };
             self.launch(now, TaskId::reduce(r), worker, None);
@@ -1034,10 +1091,16 @@ impl Scheduler {
         }
     }
 
-    /// Where an idle task goes: `pick_worker`, but with speculation on, a slow worker only
-    /// if no other worker has a free slot. `slow` caches the slow workers for one pass.
-    fn place(&self, now: Duration, slow: &mut Option<BTreeSet<WorkerId>>) -> Option<WorkerId> {
-        let any = self.pick_worker()?;
+    /// Where an idle task of `phase` goes: `pick_worker`, but with speculation on, a slow
+    /// worker only if no other worker has a free slot. `slow` caches the slow workers for
+    /// one pass.
+    fn place(
+        &self,
+        now: Duration,
+        phase: Phase,
+        slow: &mut Option<BTreeSet<WorkerId>>,
+    ) -> Option<WorkerId> {
+        let any = self.pick_worker_where(|w| self.takes(w, phase))?;
         if !self.config.speculation {
             return Some(any);
         }
@@ -1045,7 +1108,18 @@ impl Scheduler {
         if !slow.contains(&any) {
             return Some(any);
         }
-        self.pick_worker_where(|w| !slow.contains(&w)).or(Some(any))
+        self.pick_worker_where(|w| self.takes(w, phase) && !slow.contains(&w))
+            .or(Some(any))
+    }
+
+    /// Whether `worker` may run attempts of `phase`: maps need a work dir that has not
+    /// failed, for their output.
+    fn takes(&self, worker: WorkerId, phase: Phase) -> bool {
+        phase == Phase::Reduce
+            || self
+                .workers
+                .get(&worker)
+                .is_some_and(|w| w.work_dir_fault.is_none())
     }
 
     /// The live worker with the most free slots, ties to the lowest id.
@@ -1069,9 +1143,11 @@ impl Scheduler {
         best.map(|(_, id)| id)
     }
 
-    /// The newest running reduce attempt: it has likely made the least progress.
+    /// The newest running reduce attempt on a worker that takes maps: it has likely made the
+    /// least progress, and its slot can run the map.
     fn preemption_victim(&self) -> Option<AttemptId> {
-        self.reduce_to_preempt(|_| true).map(|(attempt, _)| attempt)
+        self.reduce_to_preempt(|w| self.takes(w, Phase::Map))
+            .map(|(attempt, _)| attempt)
     }
 
     /// The newest running reduce attempt on a worker `allowed` accepts, and that worker.
@@ -1184,7 +1260,8 @@ impl Scheduler {
             if backups >= cap {
                 break;
             }
-            let allowed = |w: WorkerId| w != c.worker && !slow_workers.contains(&w);
+            let allowed =
+                |w: WorkerId| w != c.worker && !slow_workers.contains(&w) && self.takes(w, phase);
             let worker = match self.pick_worker_where(allowed) {
                 Some(worker) => worker,
                 // Reducers may hold every slot while they wait for this very map: no reduce

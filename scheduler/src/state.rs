@@ -154,6 +154,9 @@ pub struct Worker {
     /// Invariant: exactly the attempts in state `Running` whose `worker` is this one, so its
     /// size never exceeds `slots`; empty once the worker is lost.
     pub(crate) running: BTreeSet<AttemptId>,
+    /// Why its work dir cannot take map output (full or failing), from
+    /// [`crate::Event::WorkDirFailed`] until [`crate::Event::WorkDirRecovered`].
+    pub(crate) work_dir_fault: Option<String>,
 }
 
 impl Worker {
@@ -175,6 +178,11 @@ impl Worker {
     /// The attempts running on it.
     pub fn running(&self) -> impl Iterator<Item = AttemptId> + '_ {
         self.running.iter().copied()
+    }
+
+    /// Why its work dir cannot take map output now, if it cannot: it gets no map attempts.
+    pub fn work_dir_fault(&self) -> Option<&str> {
+        self.work_dir_fault.as_deref()
     }
 
     /// Slots not taken by a running attempt (0 once lost).
@@ -234,4 +242,7 @@ pub struct Stats {
     pub backups_won: u64,
     /// Committed map outputs re-attached after a restart by [`crate::Event::OutputFound`].
     pub outputs_found: u64,
+    /// Attempts that failed on their worker's work dir ([`crate::Event::WorkDirFailed`]);
+    /// included in `attempts_failed`, but not counted against their tasks.
+    pub work_dir_failures: u64,
 }

@@ -62,6 +62,11 @@ impl Harness {
         self.event(Event::AttemptFailed { attempt, error })
     }
 
+    fn disk_failed(&mut self, attempt: AttemptId) -> Vec<Command> {
+        let error = "/work/job-1/map-0.run: No space left on device (os error 28)".to_string();
+        self.event(Event::WorkDirFailed { attempt, error })
+    }
+
     fn fetch_failed(&mut self, attempt: AttemptId, map: u32) -> Vec<Command> {
         self.event(Event::FetchFailed { attempt, map })
     }
@@ -361,6 +366,65 @@ fn max_attempts_failures_fail_the_job() {
     assert_eq!(h.join(W1, 4), vec![]);
     assert_eq!(h.ok(a(1)), vec![]);
     assert_eq!(h.tick(), vec![]);
+}
+
+#[test]
+fn a_full_work_dir_moves_maps_elsewhere_without_counting_failures() {
+    let mut h = Harness::new(Config {
+        max_attempts: 2,
+        ..Config::new(3, 1)
+    });
+    assert_eq!(h.join(W0, 1), vec![assign(0, map(0), W0)]);
+    assert_eq!(h.join(W1, 1), vec![assign(1, map(1), W1)]);
+    // W0's disk is full: map 0 goes back to idle, to the healthy W1 once it has a slot.
+    assert_eq!(h.disk_failed(a(0)), vec![]);
+    assert_eq!(h.s.failures(map(0)), Some(0), "not the task's fault");
+    assert!(h.s.worker(W0).and_then(|w| w.work_dir_fault()).is_some());
+    assert_eq!(h.ok(a(1)), vec![ready(1, W1), assign(2, map(0), W1)]);
+    // W0 reports room again: it takes maps again.
+    assert_eq!(
+        h.event(Event::WorkDirRecovered { worker: W0 }),
+        vec![assign(3, map(2), W0)]
+    );
+    assert_eq!(h.s.stats().work_dir_failures, 1);
+    assert_eq!(h.s.stats().attempts_failed, 1);
+}
+
+#[test]
+fn a_full_work_dir_still_runs_reduces_and_no_room_anywhere_fails_the_job() {
+    let mut h = Harness::job(1, 1);
+    assert_eq!(h.join(W0, 1), vec![assign(0, map(0), W0)]);
+    assert_eq!(h.join(W1, 1), vec![assign(1, reduce(0), W1)]);
+    // The map's slot on W0 cannot run it again: the reduce on W1 gives way (not one on W0),
+    // and the reduce goes to the full W0, which needs no map-output space for it.
+    assert_eq!(
+        h.disk_failed(a(0)),
+        vec![
+            Command::Cancel {
+                attempt: a(1),
+                worker: W1
+            },
+            assign(2, map(0), W1),
+            assign(3, reduce(0), W0),
+        ]
+    );
+    // Now W1's disk fills too: no worker can take the map's output.
+    let commands = h.disk_failed(a(2));
+    assert_eq!(
+        commands[0],
+        Command::Cancel {
+            attempt: a(3),
+            worker: W0
+        }
+    );
+    let Some(Command::JobFailed { reason }) = commands.get(1) else {
+        panic!("expected JobFailed: {commands:?}");
+    };
+    assert!(
+        reason.contains("every live worker's work dir failed")
+            && reason.contains("No space left on device"),
+        "{reason}"
+    );
 }
 
 #[test]

@@ -411,9 +411,16 @@ impl Sim {
             .collect();
         let attempts: Vec<AttemptId> = self.assigned.keys().copied().collect();
         let workers: Vec<WorkerId> = self.sched.workers().map(|(id, _)| id).collect();
-        match self.rng.range(0, 6) {
+        match self.rng.range(0, 8) {
             0 => Event::AttemptSucceeded {
                 attempt: bogus_attempt,
+            },
+            6 => Event::WorkDirFailed {
+                attempt: bogus_attempt,
+                error: "who?".to_string(),
+            },
+            7 => Event::WorkDirRecovered {
+                worker: bogus_worker,
             },
             1 => Event::AttemptFailed {
                 attempt: bogus_attempt,
@@ -469,8 +476,9 @@ impl Sim {
             Event::Heartbeat { worker, .. } => Some(*worker),
             Event::AttemptSucceeded { attempt }
             | Event::AttemptFailed { attempt, .. }
+            | Event::WorkDirFailed { attempt, .. }
             | Event::FetchFailed { attempt, .. } => self.assigned.get(attempt).map(|(_, w)| *w),
-            Event::OutputFound { worker, .. } => Some(*worker),
+            Event::OutputFound { worker, .. } | Event::WorkDirRecovered { worker } => Some(*worker),
             Event::WorkerLost { .. } | Event::Tick => None,
         };
         match &event {

@@ -187,6 +187,9 @@ pub enum ToCoordinator {
         progress: Vec<ProgressMsg>,
         /// Bytes moved so far, per job this worker knows.
         io: Vec<JobIoMsg>,
+        /// False from a failure on the worker's work dir (full, failing) until it has room
+        /// again: no map output should be placed on it.
+        work_dir_ok: bool,
     },
     /// An attempt finished; for a map of a job with reducers, `runs` is its output.
     Finished {
@@ -214,6 +217,9 @@ pub enum ToCoordinator {
         /// Byte offset (in its input file) of the record the map was processing when it
         /// crashed, if it crashed inside user code.
         bad_record: Option<u64>,
+        /// It failed on the worker's own work dir (ENOSPC, EDQUOT, EIO, EROFS), not on its
+        /// task: another worker should run it.
+        work_dir: bool,
     },
     /// A reduce attempt could not fetch (or validate) a map's output.
     FetchFailed {

@@ -1133,3 +1133,137 @@ fn healthy_teragen_runs_one_attempt_per_task() {
             .join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. full disks
+
+/// A tmpfs of `size` mounted at `path` (created) for the life of the value; `None` where
+/// this process may not mount (not root).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective user.
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(path).expect("mkdir mount point");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &p(path),
+            ])
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs at {} failed",
+            path.display()
+        );
+        Some(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file there cannot keep the mount busy.
+        let _ = Command::new("umount").args(["-l", &p(&self.path)]).status();
+    }
+}
+
+/// One worker's work dir is on a small tmpfs that fills up after a map or two. The map that
+/// hits ENOSPC fails with a message naming the path; it runs again elsewhere without
+/// counting against the task; that worker gets no more maps (it never has room again);
+/// the job's output is exactly `--sequential`'s, and the summary names the worker.
+#[test]
+fn a_full_work_dir_moves_map_tasks_to_other_workers() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 40 MB, 4 MB splits: 10 maps of ~4 MB of output each; the 6 MiB work dir holds one.
+    let gen = teragen(dir.path(), "gen", 400_000, 2);
+    let args = s(&["terasort", &p(&gen), "-r", "2", "--split-size", "4MB"]);
+    let reference = sequential("terasort", &args, dir.path());
+    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("full-disk").join("worker-0"), "6m") else {
+        return;
+    };
+    let cluster = HandCluster::start(dir.path(), "full-disk", &[None, None, None], &[]);
+    let out = dir.path().join("terasort-full-disk");
+    let (o, _) = cluster.run(&args, &out);
+    o.ok();
+    eprintln!("{}", summary_lines(&o));
+    assert_like_reference("terasort with a full work dir", &reference, &out);
+    let a = attempts(&o);
+    assert!(a.failed >= 1, "no attempt failed on the full disk: {a:?}");
+    let id = cluster.worker_id(0);
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("{id} (")) && l.contains("work dir failed"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the summary does not name {id}'s full work dir:\n{}",
+                o.stderr
+            )
+        });
+    assert!(
+        line.contains("No space left on device") && line.contains("full-disk/worker-0/"),
+        "the message names the path and the cause: {line}"
+    );
+    // After its failure, the full worker was given no map.
+    let log = cluster.coordinator.output(Stream::Stderr);
+    let after = log
+        .split_once("failed on its work dir")
+        .unwrap_or_else(|| panic!("no work-dir failure in the coordinator's log:\n{log}"))
+        .1;
+    let maps_after = after
+        .lines()
+        .filter(|l| l.contains("assign map") && l.ends_with(&format!("to {id}")))
+        .count();
+    assert_eq!(
+        maps_after, 0,
+        "{id} got maps after its disk filled:\n{after}"
+    );
+}
+
+/// The output file system fills up: the job fails with a message naming the path, exits
+/// non-zero, and leaves no `_SUCCESS` and no part file behind.
+#[test]
+fn a_full_output_file_system_fails_the_job_cleanly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gen = teragen(dir.path(), "gen", 100_000, 1);
+    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("small"), "2m") else {
+        return;
+    };
+    let out = dir.path().join("small").join("out");
+    let o = run_quern(s(&["terasort", &p(&gen), "-r", "2", "-o", &p(&out)]));
+    assert_ne!(o.code, 0, "the job cannot succeed:\n{}", o.stderr);
+    assert!(
+        o.stderr.contains("No space left on device") && o.stderr.contains(&p(&out)),
+        "the error names the output path and the cause:\n{}",
+        o.stderr
+    );
+    // The aborted output directory is removed, or left without any part.
+    let left: Vec<String> = if out.exists() {
+        entries(&out)
+            .into_iter()
+            .filter(|e| !e.starts_with('_'))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    assert!(
+        !out.join("_SUCCESS").exists() && left.is_empty(),
+        "a failed job leaves no output: {left:?}"
+    );
+}

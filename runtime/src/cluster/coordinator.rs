@@ -24,7 +24,7 @@ use quern_scheduler::{
 use quern_shuffle::net;
 use quern_shuffle::wire::{
     decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, HistogramMsg, JobIoMsg, JobSpec,
-    MapLocation, RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
+    MapLocation, ProgressMsg, RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -459,23 +459,23 @@ impl Coordinator {
             }
         }
         match msg {
-            ToCoordinator::Heartbeat { progress, io } => self.with_job(|job, now| {
-                let id = job.id;
-                job.note_io(worker, now, &io);
-                let progress = progress
-                    .iter()
-                    .filter(|p| p.job == id)
-                    .map(|p| {
-                        let f = if p.total == 0 {
-                            0.0
-                        } else {
-                            p.done as f64 / p.total as f64
-                        };
-                        (AttemptId(p.attempt), f.clamp(0.0, 1.0))
-                    })
-                    .collect();
-                Some((now, Event::Heartbeat { worker, progress }))
-            }),
+            ToCoordinator::Heartbeat {
+                progress,
+                io,
+                work_dir_ok,
+            } => {
+                let recovered = work_dir_ok
+                    && self.job.as_ref().is_some_and(|j| {
+                        j.sched
+                            .worker(worker)
+                            .is_some_and(|w| w.work_dir_fault().is_some())
+                    });
+                if recovered {
+                    tracing::info!("{worker}: its work dir has room again; it takes map tasks again");
+                    self.with_job(|_, now| Some((now, Event::WorkDirRecovered { worker })));
+                }
+                self.heartbeat(worker, progress, io);
+            }
             ToCoordinator::Finished {
                 attempt,
                 counters,
@@ -497,6 +497,25 @@ impl Coordinator {
                     now,
                     Event::AttemptSucceeded {
                         attempt: AttemptId(attempt),
+                    },
+                ))
+            }),
+            ToCoordinator::Failed {
+                attempt,
+                error,
+                work_dir: true,
+                ..
+            } => self.with_job(|job, now| {
+                tracing::warn!(
+                    "{worker}: attempt {attempt} failed on its work dir: {error}; \
+                     no map tasks go there until it has room"
+                );
+                job.metrics.work_dir_fault(worker, &error);
+                Some((
+                    now,
+                    Event::WorkDirFailed {
+                        attempt: AttemptId(attempt),
+                        error,
                     },
                 ))
             }),
@@ -552,6 +571,27 @@ impl Coordinator {
     }
 
     /// Feeds one event to the running job's scheduler (if any) and carries out its commands.
+    /// A worker's heartbeat: its byte counts and the progress of its attempts of this job.
+    fn heartbeat(&mut self, worker: WorkerId, progress: Vec<ProgressMsg>, io: Vec<JobIoMsg>) {
+        self.with_job(|job, now| {
+            let id = job.id;
+            job.note_io(worker, now, &io);
+            let progress = progress
+                .iter()
+                .filter(|p| p.job == id)
+                .map(|p| {
+                    let f = if p.total == 0 {
+                        0.0
+                    } else {
+                        p.done as f64 / p.total as f64
+                    };
+                    (AttemptId(p.attempt), f.clamp(0.0, 1.0))
+                })
+                .collect();
+            Some((now, Event::Heartbeat { worker, progress }))
+        })
+    }
+
     fn with_job(
         &mut self,
         event: impl FnOnce(&mut RunningJob, Duration) -> Option<(Duration, Event)>,
@@ -742,6 +782,7 @@ impl Coordinator {
                     addr: conn.data_addr.to_string(),
                     pid: conn.pid,
                     slots,
+                    work_dir_fault: None,
                 },
             );
         }
@@ -1055,6 +1096,10 @@ impl Coordinator {
                         counters.add("attempts.reduce", count_phase(Phase::Reduce));
                         counters.add("attempts.failed", u128::from(stats.attempts_failed));
                         counters.add("attempts.lost", u128::from(stats.attempts_lost));
+                        counters.add(
+                            "attempts.work_dir_failed",
+                            u128::from(stats.work_dir_failures),
+                        );
                         counters.add("backups.launched", u128::from(stats.backups_launched));
                         counters.add("backups.won", u128::from(stats.backups_won));
                         counters.add("map.outputs.lost", u128::from(stats.map_outputs_lost));

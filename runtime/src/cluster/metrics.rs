@@ -78,6 +78,13 @@ impl JobMetrics {
         self.workers.insert(id, record);
     }
 
+    /// `id`'s work dir failed with `error`: it takes no map tasks until it has room.
+    pub(super) fn work_dir_fault(&mut self, id: WorkerId, error: &str) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.work_dir_fault = Some(error.to_string());
+        }
+    }
+
     /// An attempt was assigned.
     pub(super) fn assigned(&mut self, attempt: AttemptId) {
         self.open.insert(attempt);

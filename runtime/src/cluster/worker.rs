@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,29 @@ struct Shared {
     out: mpsc::UnboundedSender<ToCoordinator>,
     state: Mutex<State>,
     peers: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Set when an attempt failed on the work dir (full, failing); cleared by the heartbeat
+    /// loop once the work dir has [`WORK_DIR_ROOM`] free again.
+    work_dir_fault: AtomicBool,
+}
+
+/// Free bytes a work dir needs, after a failure on it, before it takes map output again.
+pub const WORK_DIR_ROOM: u64 = 256 << 20;
+
+/// Whether `e` is a failure of the work dir `work_dir` itself — full (ENOSPC, EDQUOT) or
+/// failing (EIO, EROFS) — rather than of the attempt's task.
+fn is_work_dir_fault(e: &Error, work_dir: &Path) -> bool {
+    const FAULTS: [i32; 4] = [28, 122, 5, 30]; // ENOSPC, EDQUOT, EIO, EROFS
+    match e {
+        Error::Io { path, source } => {
+            path.starts_with(work_dir) && source.raw_os_error().is_some_and(|n| FAULTS.contains(&n))
+        }
+        _ => false,
+    }
+}
+
+/// Whether `dir`'s file system has [`WORK_DIR_ROOM`] free for unprivileged writers.
+fn has_room(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= WORK_DIR_ROOM)
 }
 
 impl Shared {
@@ -228,6 +251,7 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
         out,
         state: Mutex::new(State::default()),
         peers: tokio::sync::Mutex::new(HashMap::new()),
+        work_dir_fault: AtomicBool::new(false),
         config,
     });
     let heartbeat = tokio::spawn(heartbeats(shared.clone()));
@@ -391,6 +415,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                     attempt,
                     error: format!("job {job} is unknown to this worker"),
                     bad_record: None,
+                    work_dir: false,
                 });
                 return;
             };
@@ -481,7 +506,16 @@ async fn heartbeats(shared: Arc<Shared>) {
                 .collect();
             (progress, job_io(&state, None))
         };
-        shared.report(ToCoordinator::Heartbeat { progress, io });
+        let fault = &shared.work_dir_fault;
+        if fault.load(Ordering::Relaxed) && has_room(&shared.config.work_dir) {
+            tracing::info!("the work dir has room again");
+            fault.store(false, Ordering::Relaxed);
+        }
+        shared.report(ToCoordinator::Heartbeat {
+            progress,
+            io,
+            work_dir_ok: !fault.load(Ordering::Relaxed),
+        });
     }
 }
 
@@ -650,11 +684,19 @@ async fn run_attempt(
                 (Error::TaskPanicked { message, .. }, _) => (format!("panicked: {message}"), None),
                 _ => (e.to_string(), None),
             };
+            let work_dir = is_work_dir_fault(&e, &shared.config.work_dir);
+            if work_dir {
+                tracing::warn!(
+                    "the work dir failed: {error}; asking for no map tasks until it has room"
+                );
+                shared.work_dir_fault.store(true, Ordering::Relaxed);
+            }
             shared.report(ToCoordinator::Failed {
                 job: entry.id,
                 attempt,
                 error,
                 bad_record,
+                work_dir,
             })
         }
     }

@@ -111,6 +111,10 @@ pub struct WorkerRecord {
     pub pid: u32,
     /// Attempts it runs at once.
     pub slots: u32,
+    /// The failure of its work dir (full, failing disk) that took it off map tasks during
+    /// the job, if one did: the last one reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir_fault: Option<String>,
 }
 
 /// A task phase.

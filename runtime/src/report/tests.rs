@@ -152,6 +152,8 @@ pub(super) fn sample_report() -> Report {
                 addr: format!("10.0.0.{id}:7000"),
                 pid: 4_000 + id,
                 slots: 2,
+                work_dir_fault: (id == 3)
+                    .then(|| "/w/job-1/map-3.run: No space left on device (os error 28)".into()),
             })
             .collect(),
         counters,
@@ -360,15 +362,19 @@ fn summary_reads_well() {
         lines[1],
         format!("{job}attempts: 10 map, 2 reduce, 1 failed, 0 lost; backups: 1 launched, 1 won")
     );
+    assert_eq!(
+        lines[2],
+        format!("{job}worker 3 (10.0.0.3:7000): work dir failed: /w/job-1/map-3.run: No space left on device (os error 28); it was given no map tasks until it had room")
+    );
     assert!(
-        lines[2].contains("histogram") && lines[2].ends_with("max"),
+        lines[3].contains("histogram") && lines[3].ends_with("max"),
         "{summary}"
     );
-    assert_eq!(lines.len(), 3 + 7, "{summary}");
+    assert_eq!(lines.len(), 4 + 7, "{summary}");
     // Columns line up: every row is as long as the header, or the max column is narrower.
-    let header_max = lines[2].rfind("max").unwrap() + 3;
+    let header_max = lines[3].rfind("max").unwrap() + 3;
     assert!(
-        lines[3..]
+        lines[4..]
             .iter()
             .all(|l| l.chars().count() == header_max || l.len() >= header_max),
         "{summary}"
@@ -389,6 +395,7 @@ fn large_report() -> Report {
             addr: format!("10.1.{}.{}:7000", id / 8, id),
             pid: 100 + id,
             slots: 4,
+            work_dir_fault: None,
         })
         .collect();
     // Slots free at (µs), per worker slot; worker 7 is gone after 5 s.

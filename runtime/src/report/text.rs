@@ -53,6 +53,14 @@ impl Report {
                 self.counter("backups.won"),
             ));
         }
+        for w in &self.workers {
+            if let Some(fault) = &w.work_dir_fault {
+                lines.push(format!(
+                    "worker {} ({}): work dir failed: {fault}; it was given no map tasks until it had room",
+                    w.id, w.addr
+                ));
+            }
+        }
         let rows: Vec<[String; 8]> = self
             .histograms
             .iter()
