@@ -131,19 +131,15 @@ impl SortBuffer<'_> {
         &self.arena[start..start + e.vlen as usize]
     }
 
-    fn sort(&mut self) {
-        let arena = &self.arena;
-        let key = |e: &Entry| &arena[e.off as usize..e.off as usize + e.klen as usize];
-        let value = |e: &Entry| {
-            let s = e.off as usize + e.klen as usize;
-            &arena[s..s + e.vlen as usize]
-        };
-        self.entries.sort_unstable_by(|a, b| {
-            (a.part, a.prefix)
-                .cmp(&(b.part, b.prefix))
-                .then_with(|| key(a).cmp(key(b)))
-                .then_with(|| value(a).cmp(value(b)))
-        });
+    /// Sorts the entries by partition, key and value, checking for cancellation between
+    /// buckets (see [`sort_entries`]).
+    fn sort(&mut self) -> Result<()> {
+        sort_entries(
+            &mut self.entries,
+            &self.arena,
+            self.env.reducers,
+            self.control,
+        )
     }
 
     /// Sorts the buffer and writes it as one run file; empties the buffer. The buffer holds
@@ -157,7 +153,7 @@ impl SortBuffer<'_> {
                 .add_done(covered * (SORT_WEIGHT + WRITE_WEIGHT));
             return Ok(());
         }
-        self.sort();
+        self.sort()?;
         self.control.add_done(covered * SORT_WEIGHT);
         let write_units = covered * WRITE_WEIGHT;
         let mut credited = 0u64;
@@ -246,6 +242,87 @@ impl SortBuffer<'_> {
         self.entries.clear();
         Ok(())
     }
+}
+
+/// Sorts `entries` (keys and values in `arena`) by partition, key, value — interruptibly:
+/// one in-place pass (American flag sort) groups them into buckets by partition and first
+/// key byte (by partition alone when there are more than 256 partitions), then each bucket
+/// is sorted on its own, with a cancellation check between buckets. A cancelled attempt so
+/// stops after at most one bucket's sort (a few ms on uniform keys) instead of after the
+/// whole buffer's; the bucketing is also one radix pass the comparison sort need not do.
+fn sort_entries(
+    entries: &mut [Entry],
+    arena: &[u8],
+    reducers: u32,
+    control: &TaskControl,
+) -> Result<()> {
+    let key = |e: &Entry| &arena[e.off as usize..e.off as usize + e.klen as usize];
+    let value = |e: &Entry| {
+        let s = e.off as usize + e.klen as usize;
+        &arena[s..s + e.vlen as usize]
+    };
+    let by_byte = reducers <= 256;
+    let buckets = if by_byte {
+        reducers.max(1) as usize * 256
+    } else {
+        reducers as usize
+    };
+    let bucket = |e: &Entry| {
+        if by_byte {
+            e.part as usize * 256 + (e.prefix >> 56) as usize
+        } else {
+            e.part as usize
+        }
+    };
+    let starts = partition_in_place(entries, buckets, bucket);
+    for b in 0..buckets {
+        let run = &mut entries[starts[b]..starts[b + 1]];
+        if run.len() < 2 {
+            continue;
+        }
+        if control.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        run.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| key(a).cmp(key(b)))
+                .then_with(|| value(a).cmp(value(b)))
+        });
+    }
+    Ok(())
+}
+
+/// Reorders `items` in place so that bucket 0's items come first, then bucket 1's, ...
+/// (American flag sort: count, then swap each item into its bucket's next free place).
+/// Returns the `buckets + 1` bucket boundaries. `bucket` must return `0..buckets`.
+fn partition_in_place<T>(
+    items: &mut [T],
+    buckets: usize,
+    bucket: impl Fn(&T) -> usize,
+) -> Vec<usize> {
+    let mut starts = vec![0usize; buckets + 1];
+    for item in items.iter() {
+        starts[bucket(item) + 1] += 1;
+    }
+    for b in 0..buckets {
+        starts[b + 1] += starts[b];
+    }
+    let mut next = starts[..buckets].to_vec();
+    for b in 0..buckets {
+        let end = starts[b + 1];
+        while next[b] < end {
+            let target = bucket(&items[next[b]]);
+            if target == b {
+                next[b] += 1;
+            } else {
+                // The item goes to its own bucket; what was there is looked at next.
+                items.swap(next[b], next[target]);
+                next[target] += 1;
+            }
+        }
+    }
+    starts
 }
 
 fn push(
@@ -653,5 +730,87 @@ mod tests {
             (total, total),
             "all work credited at the end"
         );
+    }
+
+    /// Entries over `keys` (each key's value is its index), partitioned `part(i)`.
+    fn entries_of(keys: &[Vec<u8>], part: impl Fn(usize) -> u32) -> (Vec<Entry>, Vec<u8>) {
+        let mut arena = Vec::new();
+        let mut entries = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = (i as u32).to_be_bytes();
+            let off = arena.len() as u32;
+            arena.extend_from_slice(k);
+            arena.extend_from_slice(&v);
+            entries.push(Entry {
+                prefix: key_prefix(k),
+                off,
+                klen: k.len() as u32,
+                vlen: 4,
+                part: part(i),
+            });
+        }
+        (entries, arena)
+    }
+
+    fn sorted_keys(entries: &[Entry], arena: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        entries
+            .iter()
+            .map(|e| {
+                let end = e.off as usize + (e.klen + e.vlen) as usize;
+                (e.part, arena[e.off as usize..end].to_vec())
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The bucketed sort orders exactly as one comparison sort of (partition, key,
+        /// value) would, for skewed keys (few first bytes, shared prefixes, empty keys) and
+        /// for more partitions than 256 (buckets by partition alone).
+        #[test]
+        fn bucketed_sort_orders_like_a_plain_sort(
+            keys in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![0u8, 1, b'a', b't', 255]), 0..12),
+                0..400,
+            ),
+            reducers in proptest::sample::select(vec![1u32, 3, 256, 257, 700]),
+        ) {
+            let part = |i: usize| (i as u32).wrapping_mul(2_654_435_761) % reducers;
+            let (mut entries, arena) = entries_of(&keys, part);
+            let mut want = sorted_keys(&entries, &arena);
+            want.sort_by(|a, b| {
+                let klen = |x: &(u32, Vec<u8>)| x.1.len() - 4;
+                (a.0, &a.1[..klen(a)], &a.1[klen(a)..]).cmp(&(b.0, &b.1[..klen(b)], &b.1[klen(b)..]))
+            });
+            sort_entries(&mut entries, &arena, reducers, &TaskControl::default()).unwrap();
+            proptest::prop_assert_eq!(sorted_keys(&entries, &arena), want);
+        }
+
+        #[test]
+        fn partition_in_place_groups_a_permutation(
+            items in proptest::collection::vec(0usize..17, 0..300),
+        ) {
+            let mut got = items.clone();
+            let starts = partition_in_place(&mut got, 17, |&x| x);
+            let mut want = items.clone();
+            want.sort_unstable();
+            proptest::prop_assert_eq!(&got, &want);
+            for b in 0..17 {
+                proptest::prop_assert!(got[starts[b]..starts[b + 1]].iter().all(|&x| x == b));
+            }
+        }
+    }
+
+    /// A cancelled attempt's sort stops at the next bucket instead of sorting on.
+    #[test]
+    fn a_cancelled_sort_stops_between_buckets() {
+        let keys: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let (mut entries, arena) = entries_of(&keys, |_| 0);
+        entries.reverse();
+        let control = TaskControl::default();
+        control.cancel();
+        let r = sort_entries(&mut entries, &arena, 1, &control);
+        assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
     }
 }
