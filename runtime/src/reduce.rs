@@ -256,15 +256,27 @@ impl<'a> Merge<'a> {
     }
 }
 
+/// A reduce attempt's progress units per byte of its partition's input: gathering it (the
+/// fetches; instant for local runs)...
+pub(crate) const FETCH_WEIGHT: u64 = 1;
+/// ... and the final merge, which reads it, calls `reduce` and writes the output (Hadoop's
+/// copy / sort + reduce split: a third, two thirds).
+pub(crate) const MERGE_WEIGHT: u64 = 2;
+
 /// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
 /// output through `out`. Returns the task's counters.
+///
+/// Progress: the fetch phase is done ([`FETCH_WEIGHT`] per byte), and the merge credits
+/// [`MERGE_WEIGHT`] per byte it consumes.
 pub fn reduce_segments(
     job: &dyn Job,
     segments: &[Segment],
     out: &mut FileWriter,
     control: &TaskControl,
 ) -> Result<Counters> {
-    control.set_progress(0, segments.iter().map(|s| s.bytes().len() as u64).sum());
+    let bytes: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+    let fetched = FETCH_WEIGHT * bytes;
+    control.set_progress(fetched, fetched + MERGE_WEIGHT * bytes);
     let merged = Cell::new(0);
     let mut merge = Merge::new(segments, &merged)?;
     let mut counters = Counters::default();
@@ -279,7 +291,7 @@ pub fn reduce_segments(
             if control.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            control.set_done(merged.get());
+            control.set_done(fetched + MERGE_WEIGHT * merged.get());
             pacer.pace();
         }
         let mut ctx = ReduceContext::new(&mut buf, &mut counters);
@@ -296,7 +308,7 @@ pub fn reduce_segments(
         control.add_written(buf.len() as u64);
         out.write(buf)?;
     }
-    control.set_done(merged.get());
+    control.set_done(fetched + MERGE_WEIGHT * merged.get());
     counters.add("reduce.input.keys", keys);
     counters.add("reduce.input.records", records);
     Ok(counters)
@@ -374,7 +386,9 @@ mod tests {
             samples: Mutex::new(Vec::new()),
         };
         let segments = [one_block_segment(10_000), one_block_segment(3)];
-        let total: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+        let bytes: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+        // The fetch phase is credited up front; the merge moves the rest.
+        let (fetched, total) = (FETCH_WEIGHT * bytes, (FETCH_WEIGHT + MERGE_WEIGHT) * bytes);
         let dir = tempfile::tempdir().expect("tempdir");
         let io = crate::io::IoService::std();
         reduce_to_file(&job, &segments, &dir.path().join("part"), &io, &control).expect("reduce");
@@ -384,10 +398,16 @@ mod tests {
         assert!(samples.iter().all(|&(_, t)| t == total));
         // With the whole segment in one block, progress must still move through the merge:
         // samples strictly between 0 and the total, spread over it.
-        let inside = samples.iter().filter(|(d, _)| *d > 0 && *d < total).count();
+        let inside = samples
+            .iter()
+            .filter(|(d, _)| *d > fetched && *d < total)
+            .count();
         // Progress is published every 1024 keys.
-        assert!(inside > 8_000, "{inside} samples inside (0, {total})");
-        let mid = samples[5_000].0 as f64 / total as f64;
+        assert!(
+            inside > 8_000,
+            "{inside} samples inside ({fetched}, {total})"
+        );
+        let mid = (samples[5_000].0 - fetched) as f64 / (total - fetched) as f64;
         assert!(
             (0.3..0.7).contains(&mid),
             "halfway through, progress {mid:.2}"

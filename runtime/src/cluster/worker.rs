@@ -40,6 +40,7 @@ use crate::job::{Counters, InputFile, Job, TaskControl};
 use crate::local::guarded;
 use crate::map::RunFile;
 use crate::output::OutputDir;
+use crate::reduce::{FETCH_WEIGHT, MERGE_WEIGHT};
 use crate::report;
 use crate::task::{self, ReduceInput, TaskEnv};
 use crate::{Error, Result};
@@ -770,6 +771,10 @@ async fn reduce_attempt(
     let mut read = 0usize;
     let mut latest: HashMap<u32, MapLocation> = HashMap::new();
     let mut fetched = vec![false; maps];
+    // This partition's bytes in each map's output, once its location is known: with all
+    // known, the fetch phase reports progress (see `reduce::FETCH_WEIGHT`).
+    let mut sizes: Vec<Option<u64>> = vec![None; maps];
+    let mut fetched_bytes = 0u64;
     let mut remaining = maps;
     let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
     let mut in_flight: std::collections::HashSet<u32> = std::collections::HashSet::new();
@@ -790,6 +795,7 @@ async fn reduce_attempt(
                     LocationNews::Ready(l)
                         if (l.map as usize) < maps && !fetched[l.map as usize] =>
                     {
+                        sizes[l.map as usize] = Some(partition_bytes(l, partition));
                         latest.insert(l.map, l.clone());
                         queue.push_back(l.map);
                     }
@@ -840,6 +846,12 @@ async fn reduce_attempt(
                 }));
             }
         }
+        if let Some(total) = sizes.iter().copied().sum::<Option<u64>>() {
+            control.set_progress(
+                FETCH_WEIGHT * fetched_bytes.min(total),
+                (FETCH_WEIGHT + MERGE_WEIGHT) * total,
+            );
+        }
         if remaining == 0 && fetches.is_empty() && merging.is_none() {
             break;
         }
@@ -863,6 +875,7 @@ async fn reduce_attempt(
                             fetched_remotely += u128::from(f.bytes);
                         }
                         entry.io.shuffle.fetch_add(f.bytes, Ordering::Relaxed);
+                        fetched_bytes += f.bytes;
                         fetched[location.map as usize] = true;
                         remaining -= 1;
                     }
@@ -922,6 +935,16 @@ async fn reduce_attempt(
     })
     .await
     .inspect_err(|e| report_bad_map_output(shared, entry, attempt, e))
+}
+
+/// Bytes of `partition` in the map output at `location`.
+fn partition_bytes(location: &MapLocation, partition: u32) -> u64 {
+    location
+        .runs
+        .iter()
+        .filter_map(|r| r.segments.get(partition as usize))
+        .map(|s| s.len)
+        .sum()
 }
 
 fn lock(input: &Mutex<ReduceInput>) -> MutexGuard<'_, ReduceInput> {
