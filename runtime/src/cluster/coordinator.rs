@@ -28,7 +28,7 @@ use quern_shuffle::wire::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::journal::{JournalFile, JOURNAL};
+use super::journal::{JournalFile, OnSynced, JOURNAL};
 use super::metrics::JobMetrics;
 use super::status::{
     self, FinishedJob, JobStatus, PercentileRow, PhaseCounts, Status, WorkerStatus,
@@ -86,6 +86,12 @@ enum Input {
     ClientGone {
         client: u64,
     },
+    /// The journal writer made job `job`'s batches up to `seq` durable (or failed).
+    JournalSynced {
+        job: u64,
+        seq: u64,
+        result: std::result::Result<(), String>,
+    },
 }
 
 struct WorkerConn {
@@ -130,6 +136,10 @@ struct RunningJob {
     skipped: HashMap<AttemptId, Vec<u64>>,
     /// The job's journal (`OUTPUT/_journal`).
     journal: JournalFile,
+    /// Commands waiting for the journal: each with the batch it follows from, in order.
+    pending: VecDeque<(u64, Command)>,
+    /// The last journal batch known durable.
+    synced: u64,
     /// Timeline, rates and latencies, for the report and the status page.
     metrics: JobMetrics,
     /// Committed tasks last told to the client: (maps, reduces).
@@ -150,6 +160,8 @@ const SKIP_AFTER_FAILURES: u32 = 2;
 
 struct Coordinator {
     config: CoordinatorConfig,
+    /// The owner loop's own input, for the journal writer's reports.
+    input: mpsc::UnboundedSender<Input>,
     workers: HashMap<WorkerId, WorkerConn>,
     job: Option<RunningJob>,
     queue: VecDeque<Queued>,
@@ -188,6 +200,7 @@ pub async fn serve(
     status: Option<tokio::net::TcpListener>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+    let input = tx.clone();
     let accept = tokio::spawn(accept_loop(endpoint.clone(), tx));
     let (status_tx, status_rx) = watch::channel(Status::default());
     let url = status
@@ -197,6 +210,7 @@ pub async fn serve(
     let page = status.map(|listener| tokio::spawn(status::serve(listener, status_rx)));
     let mut coord = Coordinator {
         config,
+        input,
         workers: HashMap::new(),
         job: None,
         queue: VecDeque::new(),
@@ -415,6 +429,7 @@ impl Coordinator {
                 });
                 self.start_next();
             }
+            Input::JournalSynced { job, seq, result } => self.journal_synced(job, seq, result),
             Input::ClientGone { client } => {
                 self.queue.retain(|q| q.client != client);
                 if self.job.as_ref().is_some_and(|j| j.client == client) {
@@ -606,18 +621,57 @@ impl Coordinator {
         self.drain();
     }
 
+    /// Queues the scheduler's journal records for the writer and its commands behind them;
+    /// then carries out every command whose records are durable.
     fn drain(&mut self) {
-        if let Err(e) = self.flush_journal() {
-            // Without a durable journal a commit could be lost on a crash: stop the job.
-            tracing::error!("journal write failed: {e}");
-            self.end_job(Err((format!("journal write failed: {e}"), false)));
-            return;
+        let seq = match self.flush_journal() {
+            Ok(seq) => seq,
+            Err(e) => {
+                // Without a durable journal a commit could be lost on a crash: stop the job.
+                tracing::error!("journal write failed: {e}");
+                self.end_job(Err((format!("journal write failed: {e}"), false)));
+                return;
+            }
+        };
+        if let Some(job) = self.job.as_mut() {
+            while let Some(cmd) = job.sched.poll() {
+                job.pending.push_back((seq, cmd));
+            }
         }
+        self.run_pending();
+    }
+
+    /// The journal writer reports.
+    fn journal_synced(&mut self, id: u64, seq: u64, result: std::result::Result<(), String>) {
+        let Some(job) = self.job.as_mut().filter(|j| j.id == id) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                job.synced = job.synced.max(seq);
+                self.run_pending();
+            }
+            Err(e) => {
+                tracing::error!("journal write failed: {e}");
+                self.end_job(Err((format!("journal write failed: {e}"), false)));
+            }
+        }
+    }
+
+    /// Carries out the pending commands whose journal records are durable, in order.
+    fn run_pending(&mut self) {
         loop {
             let Some(job) = self.job.as_mut() else {
                 return;
             };
-            let Some(cmd) = job.sched.poll() else {
+            if !job
+                .pending
+                .front()
+                .is_some_and(|(seq, _)| *seq <= job.synced)
+            {
+                break;
+            }
+            let Some((_, cmd)) = job.pending.pop_front() else {
                 break;
             };
             match cmd {
@@ -811,10 +865,11 @@ impl Coordinator {
         }
     }
 
-    /// Appends the scheduler's journal events and fsyncs, before any command is acted on.
-    fn flush_journal(&mut self) -> Result<()> {
+    /// Queues the scheduler's journal events for the writer thread; returns the sequence
+    /// number of the batch that holds them (the commands polled next follow from it).
+    fn flush_journal(&mut self) -> Result<u64> {
         let Some(job) = self.job.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         while let Some(event) = job.sched.poll_journal() {
             let record = match event {
@@ -854,7 +909,7 @@ impl Coordinator {
             };
             job.journal.push(&record);
         }
-        job.journal.sync()
+        job.journal.sync_later()
     }
 
     fn start_next(&mut self) {
@@ -919,6 +974,8 @@ impl Coordinator {
                 bad_records: HashMap::new(),
                 skipped: HashMap::new(),
                 journal,
+                pending: VecDeque::new(),
+                synced: 0,
                 metrics: JobMetrics::new(),
                 progress_sent: (0, 0),
             });
@@ -933,8 +990,21 @@ impl Coordinator {
     }
 
     /// Makes `job` the running job and tells every worker about it.
-    fn begin(&mut self, job: RunningJob) {
+    fn begin(&mut self, mut job: RunningJob) {
         let (id, spec) = (job.id, job.spec.clone());
+        let input = self.input.clone();
+        let synced: OnSynced = Box::new(move |seq, result| {
+            let result = result.map_err(|e| e.to_string());
+            let _ = input.send(Input::JournalSynced {
+                job: id,
+                seq,
+                result,
+            });
+        });
+        if let Err(e) = job.journal.start_writer(synced) {
+            // Without a writer thread, the journal is written (and waited for) inline.
+            tracing::warn!("cannot start the journal writer: {e}");
+        }
         self.job = Some(job);
         let workers: Vec<(WorkerId, u32)> =
             self.workers.iter().map(|(w, c)| (*w, c.slots)).collect();
@@ -1018,6 +1088,8 @@ impl Coordinator {
             bad_records: HashMap::new(),
             skipped: HashMap::new(),
             journal,
+            pending: VecDeque::new(),
+            synced: 0,
             metrics: JobMetrics::new(),
             progress_sent: (0, 0),
         };

@@ -129,11 +129,16 @@ struct Shared {
     my_ip: IpAddr,
     out: mpsc::UnboundedSender<ToCoordinator>,
     state: Mutex<State>,
-    peers: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// One connection per peer worker, each behind its own lock: a connect to one peer
+    /// holds only that peer's slot, so fetches from other peers go on meanwhile.
+    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
     /// Set when an attempt failed on the work dir (full, failing); cleared by the heartbeat
     /// loop once the work dir has [`WORK_DIR_ROOM`] free again.
     work_dir_fault: AtomicBool,
 }
+
+/// The connection to one peer worker, made on first use and remade once closed.
+type PeerSlot = tokio::sync::Mutex<Option<quinn::Connection>>;
 
 /// Free bytes a work dir needs, after a failure on it, before it takes map output again.
 pub const WORK_DIR_ROOM: u64 = 256 << 20;
@@ -181,15 +186,21 @@ impl Shared {
 
     /// A cached connection to a peer worker, (re)connecting when needed.
     async fn peer(&self, addr: SocketAddr) -> std::result::Result<quinn::Connection, NetError> {
-        let mut peers = self.peers.lock().await;
-        if let Some(conn) = peers.get(&addr) {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        let slot = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        // Concurrent fetches from `addr` wait for one connect; no other lock is held.
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
         }
-        let conn = net::connect(&self.endpoint, addr).await?;
-        peers.insert(addr, conn.clone());
-        Ok(conn)
+        let c = net::connect(&self.endpoint, addr).await?;
+        *conn = Some(c.clone());
+        Ok(c)
     }
 }
 
@@ -251,7 +262,7 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
         my_ip: session.my_ip,
         out,
         state: Mutex::new(State::default()),
-        peers: tokio::sync::Mutex::new(HashMap::new()),
+        peers: Mutex::new(HashMap::new()),
         work_dir_fault: AtomicBool::new(false),
         config,
     });
