@@ -664,11 +664,7 @@ impl Coordinator {
             let Some(job) = self.job.as_mut() else {
                 return;
             };
-            if !job
-                .pending
-                .front()
-                .is_some_and(|(seq, _)| *seq <= job.synced)
-            {
+            if job.pending.front().is_none_or(|(seq, _)| *seq > job.synced) {
                 break;
             }
             let Some((_, cmd)) = job.pending.pop_front() else {
