@@ -6,6 +6,9 @@
 //! current time, `now`, measured from job start, then drains [`Scheduler::poll_journal`]
 //! (appending each entry to the job's journal and fsyncing — see [`journal`]) and then
 //! [`Scheduler::poll`] until it returns `None`, carrying out each [`Command`] in order.
+//! Between events it sleeps until [`Scheduler::poll_timeout`] and then hands in
+//! [`Event::Tick`]: nothing that time alone changes (a heartbeat expiry, the end of the
+//! resume grace, an attempt old enough to be backed up) happens before it.
 //! Because the state machine sees the
 //! world only through [`Event`]s and `now`, the same sequence of calls always yields the same
 //! commands, which is what lets `tests/sim.rs` replay thousands of randomly faulty clusters

@@ -61,6 +61,8 @@ pub struct Scheduler {
     unattached: BTreeMap<AttemptId, u32>,
     /// After `resume`: when unattached maps are re-executed. Set by the first `handle`.
     grace_until: Option<Duration>,
+    /// The latest `now` handled: timers at or before it have fired.
+    handled: Duration,
     /// Per phase (`Phase as usize`): total duration and number of the attempts that
     /// committed in this incarnation — what a new attempt is expected to take.
     committed_durations: [(Duration, u32); 2],
@@ -224,6 +226,7 @@ impl Scheduler {
             reserved_below: 0,
             unattached: BTreeMap::new(),
             grace_until: None,
+            handled: Duration::ZERO,
             committed_durations: [(Duration::ZERO, 0); 2],
             outputs_since: None,
             worker_rates: BTreeMap::new(),
@@ -237,6 +240,7 @@ impl Scheduler {
         if self.is_finished() {
             return;
         }
+        self.handled = self.handled.max(now);
         self.expire_workers(now);
         self.expire_unattached(now);
         match event {
@@ -296,6 +300,52 @@ impl Scheduler {
     /// (it grows by one entry per commit).
     pub fn poll_journal(&mut self) -> Option<JournalEvent> {
         self.journal.pop_front()
+    }
+
+    /// When the scheduler next needs to be called without any event (with
+    /// [`Event::Tick`]), as quinn-proto's `poll_timeout`: the earliest of a live worker's
+    /// heartbeat expiry, the end of the resume grace, and a running attempt becoming old
+    /// enough to be backed up. Nothing that only time changes happens before it, so a driver
+    /// may sleep until then; `None` means never (finished, or nothing pending on time).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.is_finished() {
+            return None;
+        }
+        let after =
+            |t: Duration, d: Duration| t.checked_add(d).map(|t| t + Duration::from_nanos(1));
+        let heartbeats = self.workers.values().filter_map(|w| match w.state {
+            // Lost once silent for *more* than the timeout.
+            WorkerState::Alive { last_seen } => after(last_seen, self.config.heartbeat_timeout),
+            WorkerState::Lost { .. } => None,
+        });
+        let grace = self
+            .grace_until
+            .filter(|_| !self.unattached.is_empty())
+            .and_then(|until| until.checked_add(Duration::from_nanos(1)));
+        let min_runtime = self.config.min_runtime;
+        let backups = self
+            .config
+            .speculation
+            .then(|| {
+                self.workers
+                    .values()
+                    .flat_map(|w| w.running.iter())
+                    .filter_map(|id| self.attempts.get(id))
+                    .filter_map(move |a| {
+                        let origin = match a.task.phase {
+                            Phase::Map => a.started,
+                            Phase::Reduce => a.started.max(self.outputs_since?),
+                        };
+                        origin.checked_add(min_runtime)
+                    })
+            })
+            .into_iter()
+            .flatten();
+        heartbeats
+            .chain(grace)
+            .chain(backups)
+            .filter(|&t| t > self.handled)
+            .min()
     }
 
     /// Whether `JobDone` or `JobFailed` was produced.

@@ -324,6 +324,37 @@ fn heartbeat_timeout_loses_silent_workers() {
     assert_eq!(h.at(ms(5000)).ok(a(2)), vec![Command::JobDone]);
 }
 
+/// `poll_timeout` names the next moment only time changes something: a heartbeat expiry,
+/// or a running attempt old enough to be backed up; never a moment already handled.
+#[test]
+fn poll_timeout_is_the_next_time_driven_change() {
+    let mut h = Harness::new(Config {
+        speculation: false,
+        ..Config::new(2, 0)
+    });
+    assert_eq!(h.s.poll_timeout(), None, "no workers, nothing to time");
+    assert_eq!(h.join(W0, 1), vec![assign(0, map(0), W0)]);
+    h.at(ms(500)).heartbeat(W0);
+    let expiry = ms(2500) + Duration::from_nanos(1);
+    assert_eq!(h.s.poll_timeout(), Some(expiry));
+    assert!(h.s.worker(W0).is_some_and(|w| w.is_alive()));
+    assert_eq!(h.at(expiry).tick(), vec![]);
+    assert!(
+        !h.s.worker(W0).is_some_and(|w| w.is_alive()),
+        "lost at its timeout"
+    );
+    assert_eq!(h.s.poll_timeout(), None, "nobody left to expire");
+
+    // With speculation on, a running attempt's `min_runtime` is a timer too.
+    let mut h = Harness::job(2, 0);
+    h.at(ms(100)).join(W0, 1);
+    h.at(ms(900)).heartbeat(W0);
+    let old_enough = ms(100) + h.s.config().min_runtime;
+    assert_eq!(h.s.poll_timeout(), Some(old_enough));
+    h.at(old_enough).tick();
+    assert_eq!(h.s.poll_timeout(), Some(ms(2900) + Duration::from_nanos(1)));
+}
+
 #[test]
 fn expiry_runs_before_the_event() {
     let mut h = Harness::job(1, 0);

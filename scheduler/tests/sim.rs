@@ -514,6 +514,8 @@ impl Sim {
         }
         let was_finished = self.sched.is_finished();
         let reduces_before = self.reduce_commits.len();
+        // `poll_timeout` is exact: a tick before it changes nothing.
+        let quiet = event == Event::Tick && self.sched.poll_timeout().is_none_or(|t| now < t);
         self.sched.handle(now, event);
 
         // Liveness, exactly as specified: lost iff `WorkerLost` was sent or it was silent for
@@ -604,6 +606,12 @@ impl Sim {
         }
         let mut reduce_assigned = false;
         while let Some(command) = self.sched.poll() {
+            if quiet {
+                return Err(format!(
+                    "{command:?} on a tick before poll_timeout {:?}",
+                    self.sched.poll_timeout()
+                ));
+            }
             if was_finished || self.terminal.is_some() {
                 return Err(format!("{command:?} after the job ended"));
             }

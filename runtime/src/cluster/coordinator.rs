@@ -57,6 +57,9 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// How often the status page and the client's progress are refreshed.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Finished jobs the status page lists.
 const FINISHED_SHOWN: usize = 20;
 
@@ -230,18 +233,20 @@ pub async fn serve(
         let (tx, _) = mpsc::unbounded_channel();
         coord.resume(&journal, 0, tx)?;
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The status page refreshes on its own clock; the scheduler is woken when it asks.
+    let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wake = coord.wake_at();
         tokio::select! {
             input = rx.recv() => match input {
                 Some(input) => coord.handle_input(input),
                 None => break,
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 coord.with_job(|_, now| Some((now, Event::Tick)));
-                coord.publish();
             }
+            _ = publish.tick() => coord.publish(),
         }
     }
     accept.abort();
@@ -639,6 +644,13 @@ impl Coordinator {
             }
         }
         self.run_pending();
+    }
+
+    /// When the running job's scheduler next needs a tick ([`Scheduler::poll_timeout`]).
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        let job = self.job.as_ref()?;
+        let at = job.sched.poll_timeout()?;
+        Some(tokio::time::Instant::from_std(job.started.checked_add(at)?))
     }
 
     /// The journal writer reports.
