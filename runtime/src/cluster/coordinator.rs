@@ -23,18 +23,18 @@ use quern_scheduler::{
 };
 use quern_shuffle::net;
 use quern_shuffle::wire::{
-    decode_msg, encode_msg, CommittedOutput, CounterMsg, Hello, HistogramMsg, JobIoMsg, JobSpec,
-    MapLocation, ProgressMsg, RunMsg, TaskMsg, ToClient, ToCoordinator, ToWorker,
+    decode_msg, encode_msg, Hello, JobIoMsg, JobSpec, MapLocation, ProgressMsg, TaskMsg, ToClient,
+    ToCoordinator, ToWorker,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::job_run::{Finished, JobRun};
 use super::journal::{JournalFile, OnSynced, JOURNAL};
 use super::metrics::JobMetrics;
 use super::status::{
     self, FinishedJob, JobStatus, PercentileRow, PhaseCounts, Status, WorkerStatus,
 };
-use super::{counters_from_msg, counters_to_msg, net_err, MAX_FRAME};
-use crate::job::Counters;
+use super::{counters_to_msg, net_err, MAX_FRAME};
 use crate::output::OutputDir;
 use crate::report::WorkerRecord;
 use crate::Result;
@@ -116,27 +116,16 @@ impl WorkerConn {
     }
 }
 
-struct Finished {
-    counters: Vec<CounterMsg>,
-    runs: Vec<RunMsg>,
-    histograms: Vec<HistogramMsg>,
-}
-
 struct RunningJob {
-    id: u64,
+    /// The job's policy state: attempt results, bad records, counters.
+    run: JobRun,
     client: u64,
-    spec: Arc<JobSpec>,
     sched: Scheduler,
     started: Instant,
     output: OutputDir,
     tx: mpsc::UnboundedSender<ToClient>,
-    finished: HashMap<AttemptId, Finished>,
     /// Map locations announced to workers: map → attempt.
     announced: HashMap<u32, MapLocation>,
-    /// Per map: failures blamed on each record offset.
-    bad_records: HashMap<u32, HashMap<u64, u32>>,
-    /// Record offsets each map attempt was told to skip.
-    skipped: HashMap<AttemptId, Vec<u64>>,
     /// The job's journal (`OUTPUT/_journal`).
     journal: JournalFile,
     /// Commands waiting for the journal: each with the batch it follows from, in order.
@@ -152,14 +141,11 @@ struct RunningJob {
 impl RunningJob {
     /// Takes a worker's byte counts (of every job it knows) for the rate plots.
     fn note_io(&mut self, worker: WorkerId, now: Duration, io: &[JobIoMsg]) {
-        if let Some(io) = io.iter().find(|io| io.job == self.id) {
+        if let Some(io) = io.iter().find(|io| io.job == self.run.id) {
             self.metrics.io(worker, now, io);
         }
     }
 }
-
-/// A record that crashed this many attempts of its map is skipped (with --skip-bad-records).
-const SKIP_AFTER_FAILURES: u32 = 2;
 
 struct Coordinator {
     config: CoordinatorConfig,
@@ -405,8 +391,8 @@ impl Coordinator {
                 if let Some(job) = &self.job {
                     self.introduce(
                         worker,
-                        job.id,
-                        &job.spec.clone(),
+                        job.run.id,
+                        &job.run.spec.clone(),
                         &job.announced.values().cloned().collect::<Vec<_>>(),
                     );
                 }
@@ -454,7 +440,7 @@ impl Coordinator {
         };
         if let (Some((id, attempt)), Some(job)) = (attempt, &self.job) {
             // Attempt ids are per job: a report about an earlier job's attempt is stale.
-            if id != job.id {
+            if id != job.run.id {
                 tracing::debug!(
                     "{worker} reported on {attempt} of job {id}, which is over: ignored"
                 );
@@ -491,7 +477,9 @@ impl Coordinator {
                             .is_some_and(|w| w.work_dir_fault().is_some())
                     });
                 if recovered {
-                    tracing::info!("{worker}: its work dir has room again; it takes map tasks again");
+                    tracing::info!(
+                        "{worker}: its work dir has room again; it takes map tasks again"
+                    );
                     self.with_job(|_, now| Some((now, Event::WorkDirRecovered { worker })));
                 }
                 self.heartbeat(worker, progress, io);
@@ -505,7 +493,7 @@ impl Coordinator {
                 ..
             } => self.with_job(|job, now| {
                 job.note_io(worker, now, &io);
-                job.finished.insert(
+                job.run.finished(
                     AttemptId(attempt),
                     Finished {
                         counters,
@@ -547,23 +535,7 @@ impl Coordinator {
             } => self.with_job(|job, now| {
                 tracing::info!("attempt {attempt} on {worker} failed: {error}");
                 let task = job.sched.attempt(AttemptId(attempt)).map(|a| a.task);
-                if let (Some(offset), Some(task)) = (bad_record, task) {
-                    if task.phase == Phase::Map {
-                        let n = job.bad_records.entry(task.index).or_default().entry(offset).or_default();
-                        *n += 1;
-                        if job.spec.skip_bad_records && *n == SKIP_AFTER_FAILURES {
-                            tracing::warn!("{task}: skipping the record at split position {offset}: it crashed {n} attempts");
-                        }
-                    }
-                }
-                let error = match (bad_record, task) {
-                    (Some(pos), Some(task)) => {
-                        let (file, offset) = super::locate_record(&job.spec, task.index, pos);
-                        let hint = if job.spec.skip_bad_records { "" } else { "; --skip-bad-records skips it" };
-                        format!("{error} (on the record at byte {offset} of {file}{hint})")
-                    }
-                    _ => error,
-                };
+                let error = job.run.attempt_failed(task, error, bad_record);
                 Some((
                     now,
                     Event::AttemptFailed {
@@ -594,7 +566,7 @@ impl Coordinator {
     /// A worker's heartbeat: its byte counts and the progress of its attempts of this job.
     fn heartbeat(&mut self, worker: WorkerId, progress: Vec<ProgressMsg>, io: Vec<JobIoMsg>) {
         self.with_job(|job, now| {
-            let id = job.id;
+            let id = job.run.id;
             job.note_io(worker, now, &io);
             let progress = progress
                 .iter()
@@ -655,7 +627,7 @@ impl Coordinator {
 
     /// The journal writer reports.
     fn journal_synced(&mut self, id: u64, seq: u64, result: std::result::Result<(), String>) {
-        let Some(job) = self.job.as_mut().filter(|j| j.id == id) else {
+        let Some(job) = self.job.as_mut().filter(|j| j.run.id == id) else {
             return;
         };
         match result {
@@ -693,34 +665,18 @@ impl Coordinator {
                         tracing::info!("speculating: {attempt} on {worker}: {reason}");
                     }
                     let msg = match task.phase {
-                        Phase::Map => {
-                            let skip: Vec<u64> = if job.spec.skip_bad_records {
-                                job.bad_records
-                                    .get(&task.index)
-                                    .into_iter()
-                                    .flatten()
-                                    .filter(|(_, n)| **n >= SKIP_AFTER_FAILURES)
-                                    .map(|(offset, _)| *offset)
-                                    .collect()
-                            } else {
-                                Vec::new()
-                            };
-                            if !skip.is_empty() {
-                                job.skipped.insert(attempt, skip.clone());
-                            }
-                            TaskMsg::Map {
-                                index: task.index,
-                                split: job.spec.splits[task.index as usize].clone(),
-                                skip,
-                            }
-                        }
+                        Phase::Map => TaskMsg::Map {
+                            index: task.index,
+                            split: job.run.spec.splits[task.index as usize].clone(),
+                            skip: job.run.skip_list(attempt, task.index),
+                        },
                         Phase::Reduce => TaskMsg::Reduce {
                             partition: task.index,
                         },
                     };
                     tracing::debug!("assign {task} as {attempt} to {worker}");
                     job.metrics.assigned(attempt);
-                    let id = job.id;
+                    let id = job.run.id;
                     self.send(
                         worker,
                         ToWorker::Assign {
@@ -731,7 +687,7 @@ impl Coordinator {
                     );
                 }
                 Command::Cancel { attempt, worker } => {
-                    let id = job.id;
+                    let id = job.run.id;
                     self.send(
                         worker,
                         ToWorker::Cancel {
@@ -752,7 +708,7 @@ impl Coordinator {
                         continue;
                     }
                     let (Some(fin), Some(conn)) =
-                        (job.finished.get(&attempt), self.workers.get(&worker))
+                        (job.run.result(attempt), self.workers.get(&worker))
                     else {
                         continue;
                     };
@@ -763,12 +719,12 @@ impl Coordinator {
                         runs: fin.runs.clone(),
                     };
                     job.announced.insert(map, location.clone());
-                    let id = job.id;
+                    let id = job.run.id;
                     self.broadcast(ToWorker::MapOutputReady { job: id, location });
                 }
                 Command::MapOutputLost { map } => {
                     job.announced.remove(&map);
-                    let id = job.id;
+                    let id = job.run.id;
                     self.broadcast(ToWorker::MapOutputLost { job: id, map });
                 }
                 Command::JobDone => self.end_job(Ok(())),
@@ -835,7 +791,7 @@ impl Coordinator {
         let Some(job) = self.job.as_ref() else {
             return;
         };
-        let id = job.id;
+        let id = job.run.id;
         if let (Some(conn), Some(job)) = (self.workers.get(&worker), self.job.as_mut()) {
             job.metrics.worker(
                 worker,
@@ -886,16 +842,12 @@ impl Coordinator {
                     attempt,
                     worker,
                 } => {
-                    let fin = job.finished.get(&attempt);
-                    if let Some(fin) = fin {
+                    if let Some(fin) = job.run.result(attempt) {
                         job.metrics.merge(&fin.histograms);
                     }
-                    let output = CommittedOutput {
-                        runs: fin.map(|f| f.runs.clone()).unwrap_or_default(),
-                        counters: fin.map(|f| f.counters.clone()).unwrap_or_default(),
-                    };
+                    let output = job.run.committed_output(attempt);
                     Record::TaskCommitted {
-                        job: job.id,
+                        job: job.run.id,
                         task,
                         attempt,
                         worker_addr: self
@@ -906,14 +858,15 @@ impl Coordinator {
                         output: encode_msg(&output).map_err(net_err)?.to_vec(),
                     }
                 }
-                JournalEvent::JobDone => Record::JobDone { job: job.id },
+                JournalEvent::JobDone => Record::JobDone { job: job.run.id },
                 JournalEvent::JobFailed { reason } => Record::JobFailed {
-                    job: job.id,
+                    job: job.run.id,
                     reason,
                 },
-                JournalEvent::AttemptsReserved { below } => {
-                    Record::AttemptsReserved { job: job.id, below }
-                }
+                JournalEvent::AttemptsReserved { below } => Record::AttemptsReserved {
+                    job: job.run.id,
+                    below,
+                },
             };
             job.journal.push(&record);
         }
@@ -970,17 +923,13 @@ impl Coordinator {
             );
             let sched = Scheduler::new(self.scheduler_config(&spec));
             self.begin(RunningJob {
-                id,
+                run: JobRun::new(id, Arc::new(spec)),
                 client,
-                spec: Arc::new(spec),
                 sched,
                 started: Instant::now(),
                 output,
                 tx,
-                finished: HashMap::new(),
                 announced: HashMap::new(),
-                bad_records: HashMap::new(),
-                skipped: HashMap::new(),
                 journal,
                 pending: VecDeque::new(),
                 synced: 0,
@@ -999,7 +948,7 @@ impl Coordinator {
 
     /// Makes `job` the running job and tells every worker about it.
     fn begin(&mut self, mut job: RunningJob) {
-        let (id, spec) = (job.id, job.spec.clone());
+        let (id, spec) = (job.run.id, job.run.spec.clone());
         let input = self.input.clone();
         let synced: OnSynced = Box::new(move |seq, result| {
             let result = result.map_err(|e| e.to_string());
@@ -1051,31 +1000,6 @@ impl Coordinator {
             Record::JobFailed { job, reason } if *job == id => Some(Err(reason.clone())),
             _ => None,
         });
-        let mut finished = HashMap::new();
-        for r in &records {
-            if let Record::TaskCommitted {
-                job,
-                attempt,
-                output,
-                ..
-            } = r
-            {
-                if *job != id {
-                    continue;
-                }
-                let mut bytes = rkyv::util::AlignedVec::<16>::new();
-                bytes.extend_from_slice(output);
-                let out: CommittedOutput = decode_msg(&bytes).map_err(net_err)?;
-                finished.insert(
-                    *attempt,
-                    Finished {
-                        counters: out.counters,
-                        runs: out.runs,
-                        histograms: Vec::new(),
-                    },
-                );
-            }
-        }
         let commits = quern_scheduler::journal::commits(&records, id).len();
         tracing::info!(
             "resuming job {id} ({}) from {}: {commits} tasks already committed",
@@ -1084,17 +1008,13 @@ impl Coordinator {
         );
         let sched = Scheduler::resume_from_journal(self.scheduler_config(&spec), &records, id);
         let job = RunningJob {
-            id,
+            run: JobRun::from_journal(id, Arc::new(spec), &records)?,
             client,
-            spec: Arc::new(spec),
             sched,
             started: Instant::now(),
             output,
             tx,
-            finished,
             announced: HashMap::new(),
-            bad_records: HashMap::new(),
-            skipped: HashMap::new(),
             journal,
             pending: VecDeque::new(),
             synced: 0,
@@ -1122,8 +1042,8 @@ impl Coordinator {
             Err((reason, _)) => format!("failed: {reason}"),
         };
         self.status.finished(FinishedJob {
-            id: job.id,
-            name: job.spec.name.clone(),
+            id: job.run.id,
+            name: job.run.spec.name.clone(),
             outcome,
             wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         });
@@ -1133,7 +1053,7 @@ impl Coordinator {
                 self.send(
                     attempt.worker,
                     ToWorker::Cancel {
-                        job: job.id,
+                        job: job.run.id,
                         attempt: id.0,
                     },
                 );
@@ -1141,58 +1061,23 @@ impl Coordinator {
         }
         let reply = match result {
             Ok(()) => {
-                let parts = if job.spec.reducers == 0 {
-                    job.spec.splits.len()
+                let parts = if job.run.spec.reducers == 0 {
+                    job.run.spec.splits.len()
                 } else {
-                    job.spec.reducers as usize
+                    job.run.spec.reducers as usize
                 };
                 match job.output.commit_job(parts) {
                     Ok(paths) => {
-                        let mut counters = Counters::default();
-                        let mut skipped = Vec::new();
-                        let tasks = (0..job.spec.splits.len() as u32)
-                            .map(TaskId::map)
-                            .chain((0..job.spec.reducers).map(TaskId::reduce));
-                        for task in tasks {
-                            let Some(attempt) = job.sched.committed_attempt(task) else {
-                                continue;
-                            };
-                            if let Some(fin) = job.finished.get(&attempt) {
-                                counters.merge(&counters_from_msg(&fin.counters));
-                            }
-                            for &pos in job.skipped.get(&attempt).into_iter().flatten() {
-                                skipped.push(super::locate_record(&job.spec, task.index, pos));
-                            }
-                        }
-                        // What the scheduler did, next to what the tasks did.
-                        let stats = job.sched.stats();
-                        let count_phase = |phase: Phase| {
-                            job.sched
-                                .attempts()
-                                .filter(|(_, a)| a.task.phase == phase)
-                                .count() as u128
-                        };
-                        counters.add("attempts.map", count_phase(Phase::Map));
-                        counters.add("attempts.reduce", count_phase(Phase::Reduce));
-                        counters.add("attempts.failed", u128::from(stats.attempts_failed));
-                        counters.add("attempts.lost", u128::from(stats.attempts_lost));
-                        counters.add(
-                            "attempts.work_dir_failed",
-                            u128::from(stats.work_dir_failures),
-                        );
-                        counters.add("backups.launched", u128::from(stats.backups_launched));
-                        counters.add("backups.won", u128::from(stats.backups_won));
-                        counters.add("map.outputs.lost", u128::from(stats.map_outputs_lost));
-                        counters.add("workers.lost", u128::from(stats.workers_lost));
-                        tracing::info!("job {} done in {wall:?}", job.id);
+                        let (counters, skipped) = job.run.totals(&job.sched);
+                        tracing::info!("job {} done in {wall:?}", job.run.id);
                         let report =
                             job.metrics
-                                .report(&job.spec.name, wall, &job.sched, &counters);
+                                .report(&job.run.spec.name, wall, &job.sched, &counters);
                         ToClient::Done {
                             counters: counters_to_msg(&counters),
                             parts: paths.iter().map(|p| p.display().to_string()).collect(),
-                            map_tasks: job.spec.splits.len() as u32,
-                            reduce_tasks: job.spec.reducers,
+                            map_tasks: job.run.spec.splits.len() as u32,
+                            reduce_tasks: job.run.spec.reducers,
                             skipped,
                             report: serde_json::to_string(&report).unwrap_or_default(),
                         }
@@ -1207,13 +1092,13 @@ impl Coordinator {
                 }
             }
             Err((reason, user_error)) => {
-                tracing::warn!("job {} failed: {reason}", job.id);
+                tracing::warn!("job {} failed: {reason}", job.run.id);
                 job.output.abort();
                 ToClient::Failed { reason, user_error }
             }
         };
         let _ = job.tx.send(reply);
-        self.broadcast(ToWorker::EndJob { job: job.id });
+        self.broadcast(ToWorker::EndJob { job: job.run.id });
         self.start_next();
     }
 }
@@ -1277,8 +1162,8 @@ impl Coordinator {
             };
             let [input, shuffle, output] = job.metrics.current_rates(elapsed);
             JobStatus {
-                id: job.id,
-                name: job.spec.name.clone(),
+                id: job.run.id,
+                name: job.run.spec.name.clone(),
                 elapsed_ms: millis(elapsed),
                 phase: phase.into(),
                 progress: job_progress(&job.sched),

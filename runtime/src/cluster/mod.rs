@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod coordinator;
+mod job_run;
 pub mod journal;
 pub mod launch;
 mod metrics;
