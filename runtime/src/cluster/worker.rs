@@ -129,16 +129,11 @@ struct Shared {
     my_ip: IpAddr,
     out: mpsc::UnboundedSender<ToCoordinator>,
     state: Mutex<State>,
-    /// One connection per peer worker, each behind its own lock: a connect to one peer
-    /// holds only that peer's slot, so fetches from other peers go on meanwhile.
-    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    peers: Peers,
     /// Set when an attempt failed on the work dir (full, failing); cleared by the heartbeat
     /// loop once the work dir has [`WORK_DIR_ROOM`] free again.
     work_dir_fault: AtomicBool,
 }
-
-/// The connection to one peer worker, made on first use and remade once closed.
-type PeerSlot = tokio::sync::Mutex<Option<quinn::Connection>>;
 
 /// Free bytes a work dir needs, after a failure on it, before it takes map output again.
 pub const WORK_DIR_ROOM: u64 = 256 << 20;
@@ -186,21 +181,39 @@ impl Shared {
 
     /// A cached connection to a peer worker, (re)connecting when needed.
     async fn peer(&self, addr: SocketAddr) -> std::result::Result<quinn::Connection, NetError> {
-        let slot = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(addr)
-            .or_default()
-            .clone();
-        // Concurrent fetches from `addr` wait for one connect; no other lock is held.
+        self.peers.get(&self.endpoint, addr).await
+    }
+}
+
+/// Connections to peer workers, one per address, made when first needed and again once
+/// closed. Each address has its own lock, held while connecting: fetches from one peer
+/// share one handshake, and a peer that does not answer (partitioned away, its handshake
+/// lasting up to the idle timeout) holds up only the fetches from it, never those from
+/// the other peers.
+#[derive(Default)]
+struct Peers {
+    /// Never held across an `.await`; the per-address locks are.
+    slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+}
+
+impl Peers {
+    async fn get(
+        &self,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> std::result::Result<quinn::Connection, NetError> {
+        let slot = {
+            // Every critical section is one map operation: a poisoned lock is consistent.
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(addr).or_default().clone()
+        };
         let mut conn = slot.lock().await;
-        if let Some(c) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(c.clone());
+        if let Some(open) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(open.clone());
         }
-        let c = net::connect(&self.endpoint, addr).await?;
-        *conn = Some(c.clone());
-        Ok(c)
+        let fresh = net::connect(endpoint, addr).await?;
+        *conn = Some(fresh.clone());
+        Ok(fresh)
     }
 }
 
@@ -262,7 +275,7 @@ async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
         my_ip: session.my_ip,
         out,
         state: Mutex::new(State::default()),
-        peers: Mutex::new(HashMap::new()),
+        peers: Peers::default(),
         work_dir_fault: AtomicBool::new(false),
         config,
     });
@@ -1215,5 +1228,53 @@ async fn serve_fetch(
             tracing::warn!("cannot serve map output: {e}");
             let _ = send.reset(3u32.into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connect to a peer that never answers must not hold up connecting to another
+    /// (formerly one lock over every peer was held while connecting).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_peer_holds_up_no_other() {
+        let secret = Secret::generate().expect("secret");
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let endpoint = net::endpoint(local, &secret).expect("endpoint");
+        let answering = net::endpoint(local, &secret).expect("answering endpoint");
+        let answering_addr = answering.local_addr().expect("answering address");
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Some(incoming) = answering.accept().await {
+                if let Ok(conn) = net::accept(incoming).await {
+                    open.push(conn);
+                }
+            }
+        });
+        // A bound UDP socket that reads the handshake and never replies.
+        let silent = tokio::net::UdpSocket::bind(local)
+            .await
+            .expect("silent socket");
+        let silent_addr = silent.local_addr().expect("silent address");
+
+        let peers = Arc::new(Peers::default());
+        let mut stuck = tokio::spawn({
+            let (peers, endpoint) = (peers.clone(), endpoint.clone());
+            async move { peers.get(&endpoint, silent_addr).await.map(|_| ()) }
+        });
+        // Once its first packet arrives, that connect holds its lock.
+        let mut buf = [0u8; 2048];
+        silent.recv_from(&mut buf).await.expect("handshake packet");
+        tokio::select! {
+            biased;
+            conn = peers.get(&endpoint, answering_addr) => {
+                conn.expect("connecting to the answering peer");
+            }
+            _ = &mut stuck => panic!("the silent peer's connect ended before the other could connect"),
+        }
+        assert!(!stuck.is_finished(), "the silent peer cannot have answered");
+        stuck.abort();
+        server.abort();
     }
 }
