@@ -922,13 +922,9 @@ impl Scheduler {
     /// Running attempt `attempt` failed: attempt → `Failed`, task → `Idle` if it was its last
     /// running attempt; the `max_attempts`-th failure of a task fails the job.
     fn fail_attempt(&mut self, attempt: AttemptId, error: String) {
-        let next = AttemptState::Failed {
-            error: error.clone(),
-        };
-        let Some((task, _)) = self.end_attempt(attempt, next) else {
+        let Some((task, _)) = self.end_failed(attempt, &error) else {
             return;
         };
-        self.stats.attempts_failed += 1;
         let failures = match task.phase {
             Phase::Map => self
                 .maps
@@ -952,13 +948,9 @@ impl Scheduler {
     /// Running attempt `attempt` failed on its worker's work dir: attempt → `Failed`, task →
     /// `Idle` (not counted against it), and the worker takes no maps until it recovers.
     fn work_dir_failed(&mut self, attempt: AttemptId, error: String) {
-        let next = AttemptState::Failed {
-            error: error.clone(),
-        };
-        let Some((_, worker)) = self.end_attempt(attempt, next) else {
+        let Some((_, worker)) = self.end_failed(attempt, &error) else {
             return;
         };
-        self.stats.attempts_failed += 1;
         self.stats.work_dir_failures += 1;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.work_dir_fault = Some(error);
@@ -987,6 +979,17 @@ impl Scheduler {
                 "no worker can take map output: every live worker's work dir failed (last: {e})"
             ));
         }
+    }
+
+    /// Running attempt `attempt` → `Failed { error }`, counted in the stats; its task and
+    /// worker, or `None` if it was not running.
+    fn end_failed(&mut self, attempt: AttemptId, error: &str) -> Option<(TaskId, WorkerId)> {
+        let next = AttemptState::Failed {
+            error: error.to_string(),
+        };
+        let ended = self.end_attempt(attempt, next)?;
+        self.stats.attempts_failed += 1;
+        Some(ended)
     }
 
     /// Running attempt `attempt` → `Cancelled(reason)`, and tells its worker.
