@@ -4,8 +4,9 @@
 //! [`decode_v2`] reads bytes that crossed the network, so it checks them before the
 //! `hdrhistogram` deserializer sees them: that deserializer trusts the payload length (it
 //! allocates it up front) and negates zig-zag numbers without checking for overflow (a
-//! 9-byte varint of all ones panics in a debug build). Past those checks every failure is an
-//! `Err`, never a panic.
+//! 9-byte varint of all ones panics in a debug build). `hdrhistogram` also sums counts
+//! unchecked when it computes a quantile, so the total count is bounded too
+//! ([`MAX_SAMPLES`]). Past those checks every failure is an `Err`, never a panic.
 //!
 //! Layout of a V2 encoding (big-endian): cookie `u32`, payload length `u32`, normalizing
 //! index offset `u32`, significant figures `u32`, lowest discernible value `u64`, highest
@@ -25,6 +26,12 @@ const V2_HEADER_LEN: usize = 40;
 
 /// The most bytes one varint takes (LEB128-64b9B: the ninth byte carries 8 bits).
 const MAX_VARINT_LEN: usize = 9;
+
+/// The most samples a decoded histogram may hold. Workers record a few samples per attempt,
+/// so this is never reached honestly; bounding it keeps the sum of the counts (which
+/// `value_at_quantile` adds up unchecked) within `u64` even after the coordinator merges
+/// up to 2^23 decoded histograms.
+pub(crate) const MAX_SAMPLES: u64 = 1 << 40;
 
 /// `h` in HdrHistogram's V2 encoding, uncompressed.
 ///
@@ -92,9 +99,11 @@ fn check_v2(bytes: &[u8]) -> std::result::Result<usize, String> {
             payload.len()
         ));
     }
-    // Walk the varints: each must end inside the payload, and none may decode to i64::MIN,
-    // whose negation overflows inside the deserializer.
+    // Walk the varints: each must end inside the payload, none may decode to i64::MIN,
+    // whose negation overflows inside the deserializer, and the counts (the non-negative
+    // numbers) may add up to at most MAX_SAMPLES.
     let mut at = 0;
+    let mut samples = 0u64;
     while at < payload.len() {
         let mut len = 1;
         while len < MAX_VARINT_LEN && payload[at + len - 1] & 0x80 != 0 {
@@ -107,9 +116,30 @@ fn check_v2(bytes: &[u8]) -> std::result::Result<usize, String> {
         if len == MAX_VARINT_LEN && varint.iter().all(|&b| b == 0xff) {
             return Err(format!("varint at payload byte {at} is out of range"));
         }
+        if let Some(count) = zig_zag_count(varint) {
+            samples = samples.saturating_add(count);
+            if samples > MAX_SAMPLES {
+                return Err(format!(
+                    "counts add up to more than {MAX_SAMPLES} samples at payload byte {at}"
+                ));
+            }
+        }
         at += len;
     }
     Ok(declared)
+}
+
+/// The count a LEB128-64b9B zig-zag varint carries, or `None` for a (negative) run of
+/// empty buckets.
+fn zig_zag_count(varint: &[u8]) -> Option<u64> {
+    let mut raw = 0u64;
+    for (i, &b) in varint.iter().enumerate() {
+        // Bytes 0..8 carry 7 bits each; the ninth carries all 8.
+        let bits = if i + 1 == MAX_VARINT_LEN { b } else { b & 0x7f };
+        raw |= u64::from(bits) << (7 * i);
+    }
+    // Zig-zag: even numbers are the non-negative values, `raw / 2`.
+    (raw & 1 == 0).then_some(raw >> 1)
 }
 
 #[cfg(test)]
@@ -163,6 +193,37 @@ mod tests {
         bytes.extend_from_slice(&[0xff; 9]);
         bytes[4..8].copy_from_slice(&9u32.to_be_bytes());
         assert!(decode_v2(&bytes).is_err());
+    }
+
+    /// Found by `fuzz/` (target `hdr_v2`): three buckets of `i64::MAX` samples decoded,
+    /// and then `Percentiles::of` panicked with an overflow inside `value_at_quantile`.
+    #[test]
+    fn rejects_counts_that_overflow_the_total() {
+        let i64_max = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let mut bytes = vec![
+            0x1c, 0x84, 0x93, 0x13, // cookie
+            0x00, 0x00, 0x00, 0x1b, // payload length: 27
+            0x00, 0x00, 0x00, 0x00, // normalizing index offset
+            0x00, 0x00, 0x00, 0x03, // significant figures
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // lowest discernible value
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // highest trackable value
+            0x3f, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // integer-to-double ratio 1.0
+        ];
+        for _ in 0..3 {
+            bytes.extend_from_slice(&i64_max);
+        }
+        let err = decode_v2(&bytes).unwrap_err().to_string();
+        assert!(err.contains("samples"), "{err}");
+        // One such bucket is still too many samples; a few are fine.
+        bytes.truncate(V2_HEADER_LEN);
+        bytes[4..8].copy_from_slice(&9u32.to_be_bytes());
+        bytes.extend_from_slice(&i64_max);
+        assert!(decode_v2(&bytes).is_err());
+        let mut h = new_histogram();
+        h.record_n(7, MAX_SAMPLES).unwrap();
+        assert_eq!(decode_v2(&encode_v2(&h)).unwrap().len(), MAX_SAMPLES);
+        h.record(8).unwrap();
+        assert!(decode_v2(&encode_v2(&h)).is_err());
     }
 
     /// A cheap fuzz: random bytes, and valid encodings with random bytes overwritten, must

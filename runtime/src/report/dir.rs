@@ -43,6 +43,13 @@ pub fn write_dir(report: &Report, dir: &Path) -> Result<()> {
 pub fn load_dir(dir: &Path) -> Result<Report> {
     let path = dir.join(REPORT_JSON);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    parse_report(&text, &path)
+}
+
+/// Parses the text of a `report.json` as [`load_dir`] does; `path` names it in errors.
+///
+/// The text is untrusted (the user's file): anything malformed is an `Err`, never a panic.
+pub fn parse_report(text: &str, path: &Path) -> Result<Report> {
     // The file is the user's input: a bad one is a usage error (exit code 2).
     let bad = |e: serde_json::Error| Error::Usage(format!("{}: {e}", path.display()));
 
@@ -50,14 +57,14 @@ pub fn load_dir(dir: &Path) -> Result<Report> {
     struct Version {
         version: u32,
     }
-    let Version { version } = serde_json::from_str(&text).map_err(bad)?;
+    let Version { version } = serde_json::from_str(text).map_err(bad)?;
     if version != REPORT_VERSION {
         return Err(Error::Usage(format!(
             "{}: report version {version}, this quern reads version {REPORT_VERSION}",
             path.display()
         )));
     }
-    serde_json::from_str(&text).map_err(bad)
+    serde_json::from_str(text).map_err(bad)
 }
 
 /// `name` made safe as a file stem: `[A-Za-z0-9_.-]` kept, anything else `_`, no leading dot.

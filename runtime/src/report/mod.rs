@@ -15,7 +15,8 @@
 //! - `hgrm`: [`percentile_distribution`] / [`parse_hgrm`], Java HdrHistogram's `.hgrm` text.
 //! - `html`: [`render_html`], the self-contained page with the timeline, rate and
 //!   percentile plots.
-//! - `dir`: [`write_dir`] / [`load_dir`], the report directory, written atomically.
+//! - `dir`: [`write_dir`] / [`load_dir`] (its text parsed by [`parse_report`]), the report
+//!   directory, written atomically.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +31,7 @@ mod html;
 mod text;
 
 pub use codec::{decode_v2, encode_v2};
-pub use dir::{load_dir, write_dir, REPORT_HTML, REPORT_JSON};
+pub use dir::{load_dir, parse_report, write_dir, REPORT_HTML, REPORT_JSON};
 pub use hgrm::{parse_hgrm, percentile_distribution, TICKS_PER_HALF_DISTANCE};
 pub use html::render_html;
 pub(crate) use text::escape_html;
