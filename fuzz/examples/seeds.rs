@@ -349,6 +349,7 @@ fn control_messages() -> Result<Vec<(String, u8, Vec<u8>)>, Error> {
                     total: 1234,
                 }],
                 io: io.clone(),
+                work_dir_ok: true,
             },
         ),
         (
@@ -372,6 +373,7 @@ fn control_messages() -> Result<Vec<(String, u8, Vec<u8>)>, Error> {
                 attempt: 4,
                 error: "map panicked".into(),
                 bad_record: Some(77),
+                work_dir: false,
             },
         ),
         (
@@ -609,6 +611,7 @@ fn small_report() -> Report {
             addr: "127.0.0.1:7000".into(),
             pid: 4001,
             slots: 2,
+            work_dir_fault: None,
         }],
         counters,
         phases: vec![
