@@ -258,10 +258,10 @@ impl<'a> Merge<'a> {
 
 /// A reduce attempt's progress units per byte of its partition's input: gathering it (the
 /// fetches; instant for local runs)...
-pub(crate) const FETCH_WEIGHT: u64 = 1;
+pub const FETCH_WEIGHT: u64 = 1;
 /// ... and the final merge, which reads it, calls `reduce` and writes the output (Hadoop's
 /// copy / sort + reduce split: a third, two thirds).
-pub(crate) const MERGE_WEIGHT: u64 = 2;
+pub const MERGE_WEIGHT: u64 = 2;
 
 /// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
 /// output through `out`. Returns the task's counters.
