@@ -797,7 +797,9 @@ async fn reduce_attempt(
     let mut fetched = vec![false; maps];
     // This partition's bytes in each map's output, once its location is known: with all
     // known, the fetch phase reports progress (see `reduce::FETCH_WEIGHT`).
+    // Kept with their sum and count as they change: O(1) per location, not O(M) per wake-up.
     let mut sizes: Vec<Option<u64>> = vec![None; maps];
+    let (mut sized, mut total_bytes) = (0usize, 0u64);
     let mut fetched_bytes = 0u64;
     let mut remaining = maps;
     let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
@@ -819,7 +821,12 @@ async fn reduce_attempt(
                     LocationNews::Ready(l)
                         if (l.map as usize) < maps && !fetched[l.map as usize] =>
                     {
-                        sizes[l.map as usize] = Some(partition_bytes(l, partition));
+                        let size = partition_bytes(l, partition);
+                        match sizes[l.map as usize].replace(size) {
+                            Some(old) => total_bytes -= old,
+                            None => sized += 1,
+                        }
+                        total_bytes += size;
                         latest.insert(l.map, l.clone());
                         queue.push_back(l.map);
                     }
@@ -870,10 +877,10 @@ async fn reduce_attempt(
                 }));
             }
         }
-        if let Some(total) = sizes.iter().copied().sum::<Option<u64>>() {
+        if sized == maps {
             control.set_progress(
-                FETCH_WEIGHT * fetched_bytes.min(total),
-                (FETCH_WEIGHT + MERGE_WEIGHT) * total,
+                FETCH_WEIGHT * fetched_bytes.min(total_bytes),
+                (FETCH_WEIGHT + MERGE_WEIGHT) * total_bytes,
             );
         }
         if remaining == 0 && fetches.is_empty() && merging.is_none() {
