@@ -94,6 +94,10 @@
 //!   mean progress rate (committed attempts: 1 / time from their last zero-progress report
 //!   to commit; running ones that made progress: their rate) is below the
 //!   `slow_worker_percentile` of the workers' means. Workers without data are not slow.
+//! * **Placement.** An idle task goes to a slow worker only if no other worker has a free
+//!   slot, and not at all to one whose mean rate is below half the median worker's (it would
+//!   take more than twice as long there) while a worker that is not slow could take it: it
+//!   stays idle until a slot frees, within about one task's time.
 //! * **Order.** Map backups go before idle reduces: no reduce can finish before every map
 //!   committed, so a straggling map holds up the whole job.
 //! * The backup's [`Command::Assign`] carries the reason in `backup`; [`Stats`] counts

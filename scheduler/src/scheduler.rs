@@ -1104,25 +1104,28 @@ impl Scheduler {
         if self.is_finished() {
             return;
         }
-        // With speculation on, idle tasks avoid slow workers while others have free slots.
+        // With speculation on, idle tasks avoid slow workers (see `place`).
         let mut slow = None;
         while let Some(&m) = self.idle_maps.first() {
             if let Some(worker) = self.place(now, Phase::Map, &mut slow) {
                 self.launch(now, TaskId::map(m), worker, None);
                 continue;
             }
-            // No free slot. Reducers may hold them all while waiting for a map whose output
-            // was lost; free one for the map. Terminates: each preemption frees a slot that
+            // No free slot (but perhaps on far slower workers, see `place`). Reducers may
+            // hold them all while waiting for a map whose output was lost; free one for the
+            // map. Terminates: each preemption frees a slot that
             // the next iteration gives to an idle map, and preempted reduces stay idle while
             // any map is idle.
             if let Some(victim) = self.preemption_victim() {
                 self.cancel_attempt(victim, CancelReason::Preempted);
+                slow = None; // the victim's rate no longer counts for its worker
                 continue;
             }
             break;
         }
         // Invariant: reduces (and backups) are placed only when no map is idle, so they never
-        // take a slot a map waits for. A map left idle here means every slot is taken.
+        // take a slot a map waits for. A map left idle here means every slot is taken, but
+        // perhaps on far slower workers.
         if !self.idle_maps.is_empty() {
             return;
         }
@@ -1145,24 +1148,39 @@ impl Scheduler {
     }
 
     /// Where an idle task of `phase` goes: `pick_worker`, but with speculation on, a slow
-    /// worker only if no other worker has a free slot. `slow` caches the slow workers for
-    /// one pass.
+    /// worker only if no other worker has a free slot, and a *far slower* one (below
+    /// [`FAR_SLOWER`] of the median worker's speed) not at all while a worker that is not
+    /// slow could take the task instead: that one frees its slot within about one task's
+    /// time, so waiting for it costs at most two, and the far slower worker takes more. A
+    /// held task stays idle and is placed when a slot frees. `slow` caches the slow workers
+    /// for one pass.
     fn place(
         &self,
         now: Duration,
         phase: Phase,
-        slow: &mut Option<BTreeSet<WorkerId>>,
+        slow: &mut Option<BTreeMap<WorkerId, f64>>,
     ) -> Option<WorkerId> {
         let any = self.pick_worker_where(|w| self.takes(w, phase))?;
         if !self.config.speculation {
             return Some(any);
         }
         let slow = slow.get_or_insert_with(|| self.slow_workers(now));
-        if !slow.contains(&any) {
+        if !slow.contains_key(&any) {
             return Some(any);
         }
-        self.pick_worker_where(|w| self.takes(w, phase) && !slow.contains(&w))
-            .or(Some(any))
+        if let Some(w) = self.pick_worker_where(|w| self.takes(w, phase) && !slow.contains_key(&w))
+        {
+            return Some(w);
+        }
+        let far_slower = |w: &WorkerId| slow.get(w).is_some_and(|speed| *speed < FAR_SLOWER);
+        if let Some(w) = self.pick_worker_where(|w| self.takes(w, phase) && !far_slower(&w)) {
+            return Some(w);
+        }
+        let peer_busy = self
+            .workers
+            .iter()
+            .any(|(id, w)| w.is_alive() && !slow.contains_key(id) && self.takes(*id, phase));
+        (!peer_busy).then_some(any)
     }
 
     /// Whether `worker` may run attempts of `phase`: maps need a work dir that has not
@@ -1313,8 +1331,9 @@ impl Scheduler {
             if backups >= cap {
                 break;
             }
-            let allowed =
-                |w: WorkerId| w != c.worker && !slow_workers.contains(&w) && self.takes(w, phase);
+            let allowed = |w: WorkerId| {
+                w != c.worker && !slow_workers.contains_key(&w) && self.takes(w, phase)
+            };
             let worker = match self.pick_worker_where(allowed) {
                 Some(worker) => worker,
                 // Reducers may hold every slot while they wait for this very map: no reduce
@@ -1337,8 +1356,9 @@ impl Scheduler {
 
     /// The live workers whose mean progress rate — over their committed attempts (1 /
     /// duration) and their running attempts that made progress — is below the
-    /// `slow_worker_percentile` of those means. Workers without data are not slow.
-    fn slow_workers(&self, now: Duration) -> BTreeSet<WorkerId> {
+    /// `slow_worker_percentile` of those means, each with its mean over the median of the
+    /// means (its speed relative to a typical worker). Workers without data are not slow.
+    fn slow_workers(&self, now: Duration) -> BTreeMap<WorkerId, f64> {
         let rate_of = |a: &Attempt| estimate(a, now).map(|(rate, _)| rate).filter(|r| *r > 0.0);
         let means: Vec<(WorkerId, f64)> = self
             .workers
@@ -1359,13 +1379,16 @@ impl Scheduler {
             .collect();
         let mut sorted: Vec<f64> = means.iter().map(|(_, m)| *m).collect();
         sorted.sort_by(f64::total_cmp);
-        let Some(threshold) = percentile(&sorted, self.config.slow_worker_percentile) else {
-            return BTreeSet::new();
+        let (Some(threshold), Some(median)) = (
+            percentile(&sorted, self.config.slow_worker_percentile),
+            percentile(&sorted, 0.5),
+        ) else {
+            return BTreeMap::new();
         };
         means
             .into_iter()
             .filter(|(_, m)| *m < threshold)
-            .map(|(id, _)| id)
+            .map(|(id, m)| (id, m / median))
             .collect()
     }
 
@@ -1438,6 +1461,11 @@ impl Scheduler {
         }
     }
 }
+
+/// An idle task waits for a slot rather than go to a slow worker whose speed is below this
+/// fraction of the median worker's (see `Scheduler::place`): there it would take more than
+/// twice as long as on a typical worker, which frees a slot within about one task's time.
+const FAR_SLOWER: f64 = 0.5;
 
 /// A running task that qualifies for a backup.
 #[derive(Debug)]

@@ -693,3 +693,55 @@ fn a_straggling_map_takes_a_reducers_slot_for_its_backup_and_its_worker_stays_sl
         worker: W0
     }));
 }
+
+/// Where each `Assign` in `commands` went: (task, worker).
+fn assigned(commands: &[Command]) -> Vec<(TaskId, WorkerId)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Assign { task, worker, .. } => Some((*task, *worker)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_task_waits_for_a_busy_peer_rather_than_go_to_a_far_slower_worker() {
+    let run = |speculation: bool| {
+        let mut config = Config::new(2, 3);
+        config.speculation = speculation;
+        // Map 0 on W0 (attempt 0), map 1 on W1 (1), reduce 0 on W2 (2).
+        let mut h = Harness::new(config, &[W0, W1, W2]);
+        h.progress(ms(500), W0, 0, 0.05);
+        h.progress(ms(500), W1, 1, 0.5);
+        h.ok(ms(1000), 1); // with speculation: map 0's backup goes to W1 (attempt 3)
+        h
+    };
+    let mut h = run(true);
+    // The backup wins at 1.5 s: W0 (rate 0.1/s against W1's ~1.5/s) is slow, and far
+    // slower than the median. Reduce 1 goes to W1; reduce 2 would find a free slot only on
+    // W0, and waits for W2's reduce instead.
+    let commands = h.ok(ms(1500), 3);
+    assert_eq!(
+        assigned(&commands),
+        vec![(TaskId::reduce(1), W1)],
+        "{commands:?}"
+    );
+    assert_eq!(h.s.worker(W0).map(|w| w.running().count()), Some(0));
+    let commands = h.ok(ms(2000), 2);
+    assert_eq!(
+        assigned(&commands),
+        vec![(TaskId::reduce(2), W2)],
+        "{commands:?}"
+    );
+
+    // Without speculation there are no slow workers: reduce 1 took W1's slot at 1 s, and
+    // when map 0 commits, reduce 2 goes to W0.
+    let mut h = run(false);
+    let commands = h.ok(ms(1500), 0);
+    assert_eq!(
+        assigned(&commands),
+        vec![(TaskId::reduce(2), W0)],
+        "{commands:?}"
+    );
+}

@@ -735,8 +735,9 @@ impl Coordinator {
             let now = job.started.elapsed();
             job.metrics.sweep(now, &job.sched);
         }
-        // Workers the scheduler gave up on (missed heartbeats) are disconnected: if they
-        // come back they must register again, under a new id.
+        // Workers the scheduler gave up on (missed heartbeats) are disconnected: the control
+        // stream ends (no `Shutdown`), so a worker that is still there — stopped, starved of
+        // CPU, cut off for a while — registers again, under a new id (Hadoop's "reinit").
         if let Some(job) = &self.job {
             let dead: Vec<WorkerId> = self
                 .workers
@@ -747,7 +748,6 @@ impl Coordinator {
             for w in dead {
                 tracing::warn!("{w} missed its heartbeats: disconnecting it");
                 if let Some(conn) = self.workers.remove(&w) {
-                    let _ = conn.tx.send(ToWorker::Shutdown);
                     self.status.lost_worker(w, &conn);
                 }
             }

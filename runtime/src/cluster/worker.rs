@@ -394,7 +394,10 @@ impl Session {
         let result = loop {
             let frame = match net::read_frame(&mut recv, MAX_FRAME).await {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break Err("the coordinator closed the connection".to_string()),
+                // What a coordinator does to a worker it gave up on (missed heartbeats).
+                Ok(None) => {
+                    break Err("the coordinator closed the connection (it may have given this worker up after missed heartbeats)".to_string())
+                }
                 Err(e) => break Err(format!("lost the coordinator: {e}")),
             };
             match decode_msg::<ToWorker>(&frame) {
