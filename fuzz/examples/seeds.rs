@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quern_jobs::registry::JobDescriptor;
+use quern_jobs::registry::{names as job, GrepParams, JobDescriptor, Registry};
+use quern_jobs::tera::{TeraGen, TeraSort, TeraValidate};
+use quern_jobs::text::{Index, WordCount};
 use quern_runtime::report::{self, hist, NamedHistogram, Report};
 use quern_scheduler::journal::{self, Record};
 use quern_scheduler::{AttemptId, TaskId};
@@ -35,12 +37,22 @@ fn main() -> Result<(), Error> {
         seed.extend_from_slice(&bytes);
         seeds.put("control_msg", &name, &seed, quern_fuzz::check_control_msg)?;
     }
-    for (name, desc) in descriptors() {
+    let names: Vec<String> = Registry::builtin().names().map(String::from).collect();
+    for (name, desc) in descriptors()? {
         let bytes = desc.encode()?;
         seeds.put(
             "job_descriptor",
             name,
             &bytes,
+            quern_fuzz::check_job_descriptor,
+        )?;
+        // The parameters alone, after the byte that selects the job.
+        let mut params = vec![names.iter().position(|n| *n == desc.name).unwrap_or(0) as u8];
+        params.extend_from_slice(&desc.params);
+        seeds.put(
+            "job_descriptor",
+            &format!("{name}-params"),
+            &params,
             quern_fuzz::check_job_descriptor,
         )?;
     }
@@ -189,7 +201,10 @@ fn fetch_seeds(seeds: &mut Seeds) -> Result<(), Error> {
 
 fn job_spec() -> wire::JobSpec {
     wire::JobSpec {
-        job: JobDescriptor::WordCount.encode().unwrap_or_default(),
+        job: Registry::builtin()
+            .descriptor(job::WC, &WordCount)
+            .and_then(|d| d.encode())
+            .unwrap_or_default(),
         name: "wc".into(),
         inputs: vec![wire::InputFileMsg {
             path: "/data/a.txt".into(),
@@ -461,44 +476,61 @@ fn control_messages() -> Result<Vec<(String, u8, Vec<u8>)>, Error> {
     Ok(out)
 }
 
-fn descriptors() -> Vec<(&'static str, JobDescriptor)> {
-    vec![
+/// Every built-in job's descriptor, by seed name.
+fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
+    let r = Registry::builtin();
+    Ok(vec![
         (
             "teragen",
-            JobDescriptor::TeraGen {
-                records: 1_000_000,
-                seed: 0x1234_5678_9abc_def0,
-                ascii: true,
-            },
+            r.descriptor(
+                job::TERAGEN,
+                &TeraGen {
+                    records: 1_000_000,
+                    seed: 0x1234_5678_9abc_def0,
+                    ascii: true,
+                },
+            )?,
         ),
         (
             "terasort",
-            JobDescriptor::TeraSort {
-                cuts: vec![[0x40; 10], [0x80; 10], [0xc0; 10]],
-            },
+            r.descriptor(
+                job::TERASORT,
+                &TeraSort {
+                    cuts: vec![[0x40; 10], [0x80; 10], [0xc0; 10]],
+                },
+            )?,
         ),
         (
             "teravalidate",
-            JobDescriptor::TeraValidate {
-                names: vec!["part-00000".into(), "part-00001".into()],
-            },
+            r.descriptor(
+                job::TERAVALIDATE,
+                &TeraValidate {
+                    names: vec!["part-00000".into(), "part-00001".into()],
+                },
+            )?,
         ),
         (
             "grep",
-            JobDescriptor::Grep {
-                pattern: r"fo+\s(bar|baz)$".into(),
-                count: true,
-                names: vec!["a.txt".into()],
-            },
+            r.descriptor(
+                job::GREP,
+                &GrepParams {
+                    pattern: r"fo+\s(bar|baz)$".into(),
+                    count: true,
+                    names: vec!["a.txt".into()],
+                },
+            )?,
         ),
-        ("wordcount", JobDescriptor::WordCount),
+        ("wordcount", r.descriptor(job::WC, &WordCount)?),
         (
             "index",
-            JobDescriptor::Index {
-                names: vec!["a.txt".into(), "b.txt".into()],
-            },
+            r.descriptor(
+                job::INDEX,
+                &Index {
+                    names: vec!["a.txt".into(), "b.txt".into()],
+                },
+            )?,
         ),
-    ]
+    ])
 }
 
 /// A whole job's journal, and the same journal torn inside its last entry.

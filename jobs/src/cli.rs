@@ -35,9 +35,11 @@ use quern_shuffle::wire::JobSpec;
 use quern_shuffle::Secret;
 
 use crate::gensort::RECORD_LEN;
+use crate::grep::Grep;
 use crate::progress::Progress;
-use crate::registry::{factory, JobDescriptor};
-use crate::tera::{self, TeraSort};
+use crate::registry::{names as job, GrepParams, JobDescriptor, Params, Registry};
+use crate::tera::{self, TeraGen, TeraSort, TeraValidate};
+use crate::text::{Index, WordCount};
 
 /// quern — a MapReduce job runner: sort, grep, word count and your own jobs.
 #[derive(Debug, Parser)]
@@ -330,8 +332,11 @@ enum Outcome {
     Negative,
 }
 
-/// Entry point of the `quern` binary.
-pub fn main() -> ExitCode {
+/// The whole `quern` command line, with the jobs of `registry`: the entry point of the
+/// `quern` binary (`main(Registry::builtin())`) and of a user's binary that registers its
+/// own jobs. Every process of a cluster must run the same binary, so that each worker
+/// knows every job it may be asked to run.
+pub fn main(registry: Registry) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -361,7 +366,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli.command) {
+    match run(cli.command, &registry) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err(Error::Interrupted) => {
@@ -448,10 +453,26 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
 
 /// A planned job, ready to run in any mode.
 struct Prepared {
-    name: &'static str,
     descriptor: JobDescriptor,
     plan: Plan,
     reducers: u32,
+}
+
+impl Prepared {
+    /// Job `name` of `registry` with `params`.
+    fn new<P: Params>(
+        registry: &Registry,
+        name: &str,
+        params: &P,
+        plan: Plan,
+        reducers: u32,
+    ) -> Result<Prepared, Error> {
+        Ok(Prepared {
+            descriptor: registry.descriptor(name, params).map_err(Error::Usage)?,
+            plan,
+            reducers,
+        })
+    }
 }
 
 impl RunArgs {
@@ -484,7 +505,12 @@ impl RunArgs {
     }
 
     /// Runs `job` in the mode the flags ask for, writing to `output`.
-    fn execute(&self, job: Prepared, output: &Path) -> Result<JobReport, Error> {
+    fn execute(
+        &self,
+        registry: &Registry,
+        job: Prepared,
+        output: &Path,
+    ) -> Result<JobReport, Error> {
         if self.sequential || self.in_process {
             let cfg = LocalConfig {
                 threads: self.threads.unwrap_or_else(default_threads).max(1),
@@ -494,7 +520,7 @@ impl RunArgs {
                 memory: self.memory(),
                 merge_factor: self.merge_factor,
             };
-            let built = job.descriptor.build().map_err(Error::Usage)?;
+            let built = registry.build(&job.descriptor).map_err(Error::Usage)?;
             return run_planned(&*built, &job.plan, output, &cfg);
         }
         let output = std::path::absolute(output).map_err(|e| Error::io(output, e))?;
@@ -512,7 +538,7 @@ impl RunArgs {
         let cores = default_threads() as u64;
         let mut spec = JobSpec {
             job: job.descriptor.encode().map_err(Error::Usage)?,
-            name: job.name.to_string(),
+            name: job.descriptor.name.clone(),
             inputs: cluster::inputs_to_msg(&inputs),
             splits: cluster::splits_to_msg(&job.plan.splits),
             reducers: job.reducers,
@@ -523,7 +549,7 @@ impl RunArgs {
             skip_bad_records: self.skip_bad_records,
             resume: self.resume,
         };
-        let mut progress = Progress::new(job.name, self.quiet, self.verbose);
+        let mut progress = Progress::new(&job.descriptor.name, self.quiet, self.verbose);
         let mut events = |e| progress.event(e);
         if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
             let secret = read_secret(secret)?;
@@ -569,7 +595,7 @@ impl RunArgs {
     }
 }
 
-fn run(command: Command) -> Result<Outcome, Error> {
+fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
     match command {
         Command::Coordinator {
             listen,
@@ -633,7 +659,7 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 bind: listen,
                 local_reads: !no_local_reads,
                 join_timeout: Duration::from_secs(30),
-                factory: factory(),
+                factory: registry.clone().factory(),
             };
             cluster::worker::run(config, &secret)?;
             Ok(Outcome::Ok)
@@ -680,20 +706,17 @@ fn run(command: Command) -> Result<Outcome, Error> {
         } => {
             init_logging(run.verbose);
             let parts = parts.unwrap_or(default_threads() as u64).max(1);
-            let job = Prepared {
-                name: "teragen",
-                descriptor: JobDescriptor::TeraGen {
-                    records,
-                    seed,
-                    ascii,
-                },
-                plan: Plan {
-                    inputs: vec![rows_input()],
-                    splits: plan_row_splits(records, parts),
-                },
-                reducers: 0,
+            let plan = Plan {
+                inputs: vec![rows_input()],
+                splits: plan_row_splits(records, parts),
             };
-            let report = run.execute(job, &output)?;
+            let params = TeraGen {
+                records,
+                seed,
+                ascii,
+            };
+            let job = Prepared::new(registry, job::TERAGEN, &params, plan, 0)?;
+            let report = run.execute(registry, job, &output)?;
             summary(&run, "teragen", &report)?;
             println!("Records: {}", report.counters.get(tera::RECORDS));
             println!("Checksum: {:x}", report.counters.get(tera::CHECKSUM));
@@ -711,14 +734,9 @@ fn run(command: Command) -> Result<Outcome, Error> {
                 run.expand(&inputs)?,
                 run.split_size,
             )?;
-            let cuts = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?.cuts;
-            let job = Prepared {
-                name: "terasort",
-                descriptor: JobDescriptor::TeraSort { cuts },
-                plan,
-                reducers,
-            };
-            let report = run.execute(job, &output)?;
+            let sort = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?;
+            let job = Prepared::new(registry, job::TERASORT, &sort, plan, reducers)?;
+            let report = run.execute(registry, job, &output)?;
             summary(&run, "terasort", &report)?;
             Ok(Outcome::Ok)
         }
@@ -729,14 +747,12 @@ fn run(command: Command) -> Result<Outcome, Error> {
         } => {
             init_logging(run.verbose);
             let files = run.expand(&inputs)?;
-            let names = names(&files);
-            let job = Prepared {
-                name: "teravalidate",
-                descriptor: JobDescriptor::TeraValidate { names },
-                plan: plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?,
-                reducers: 1,
+            let params = TeraValidate {
+                names: names(&files),
             };
-            let (report, _scratch) = run_to(&run, job, output)?;
+            let plan = plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?;
+            let job = Prepared::new(registry, job::TERAVALIDATE, &params, plan, 1)?;
+            let (report, _scratch) = run_to(&run, registry, job, output)?;
             summary(&run, "teravalidate", &report)?;
             let c = &report.counters;
             let mut stdout = std::io::stdout().lock();
@@ -762,20 +778,17 @@ fn run(command: Command) -> Result<Outcome, Error> {
         } => {
             init_logging(run.verbose);
             let files = run.expand(&inputs)?;
-            let descriptor = JobDescriptor::Grep {
+            // An invalid regex fails before anything runs.
+            Grep::new(&pattern, count, Vec::new()).map_err(Error::Usage)?;
+            let params = GrepParams {
                 pattern,
                 count,
                 names: names(&files),
             };
-            descriptor.build().map_err(Error::Usage)?; // an invalid regex fails before anything runs
-            let job = Prepared {
-                name: "grep",
-                descriptor,
-                plan: plan(InputFormat::Lines, files, run.split_size)?,
-                reducers: u32::from(count),
-            };
+            let plan = plan(InputFormat::Lines, files, run.split_size)?;
+            let job = Prepared::new(registry, job::GREP, &params, plan, u32::from(count))?;
             let printing = output.is_none();
-            let (report, _scratch) = run_to(&run, job, output)?;
+            let (report, _scratch) = run_to(&run, registry, job, output)?;
             summary(&run, "grep", &report)?;
             if printing {
                 cat_parts(&report.parts, &mut std::io::stdout().lock())?;
@@ -792,13 +805,10 @@ fn run(command: Command) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let job = Prepared {
-                name: "wc",
-                reducers: run.reduce_tasks("wc")?,
-                descriptor: JobDescriptor::WordCount,
-                plan: plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?,
-            };
-            let report = run.execute(job, &output)?;
+            let reducers = run.reduce_tasks("wc")?;
+            let plan = plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?;
+            let job = Prepared::new(registry, job::WC, &WordCount, plan, reducers)?;
+            let report = run.execute(registry, job, &output)?;
             summary(&run, "wc", &report)?;
             Ok(Outcome::Ok)
         }
@@ -809,15 +819,13 @@ fn run(command: Command) -> Result<Outcome, Error> {
         } => {
             init_logging(run.verbose);
             let files = run.expand(&inputs)?;
-            let job = Prepared {
-                name: "index",
-                reducers: run.reduce_tasks("index")?,
-                descriptor: JobDescriptor::Index {
-                    names: names(&files),
-                },
-                plan: plan(InputFormat::Lines, files, run.split_size)?,
+            let reducers = run.reduce_tasks("index")?;
+            let params = Index {
+                names: names(&files),
             };
-            let report = run.execute(job, &output)?;
+            let plan = plan(InputFormat::Lines, files, run.split_size)?;
+            let job = Prepared::new(registry, job::INDEX, &params, plan, reducers)?;
+            let report = run.execute(registry, job, &output)?;
             summary(&run, "index", &report)?;
             Ok(Outcome::Ok)
         }
@@ -854,14 +862,18 @@ fn names(files: &[InputFile]) -> Vec<String> {
 /// a scratch directory that lives as long as the returned guard.
 fn run_to(
     run: &RunArgs,
+    registry: &Registry,
     job: Prepared,
     output: Option<PathBuf>,
 ) -> Result<(JobReport, Option<ScratchDir>), Error> {
     match output {
-        Some(dir) => Ok((run.execute(job, &dir)?, None)),
+        Some(dir) => Ok((run.execute(registry, job, &dir)?, None)),
         None => {
             let scratch = ScratchDir::new()?;
-            Ok((run.execute(job, &scratch.output())?, Some(scratch)))
+            Ok((
+                run.execute(registry, job, &scratch.output())?,
+                Some(scratch),
+            ))
         }
     }
 }

@@ -4,9 +4,11 @@
 //! - [`tera`]: TeraGen, TeraSort (sampled range partitioner), TeraValidate.
 //! - [`grep`]: regex search in input order, and `-c` counts.
 //! - [`text`]: word count and inverted index over Unicode words.
-//! - [`registry`]: serialisable job descriptors and the factory workers build jobs with.
+//! - [`registry`]: every job a binary can run, by name; the descriptors that name a job and
+//!   its parameters for the workers.
 //! - [`progress`]: progress bars on a terminal.
-//! - [`cli`]: argument parsing, job setup, execution modes, summaries and exit codes.
+//! - [`cli`]: the whole command line as a library ([`cli::main`] with a registry): argument
+//!   parsing, job setup, execution modes, summaries and exit codes.
 //!
 //! Jobs only implement [`quern_runtime::Job`]; they know nothing of files, threads or I/O.
 

@@ -4,5 +4,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    quern_jobs::cli::main()
+    quern_jobs::cli::main(quern_jobs::registry::Registry::builtin())
 }

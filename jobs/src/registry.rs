@@ -1,142 +1,327 @@
-//! Job descriptors: the serialisable form of a built-in job, shipped to every worker.
+//! The job registry: every job a quern binary can run, by name.
 //!
-//! A client builds a [`JobDescriptor`] (doing any planning work itself, such as TeraSort's
-//! key sampling), the coordinator forwards its bytes, and each worker rebuilds the same job
-//! with [`factory`]. User-written jobs plug in the same way with their own factory.
+//! A client plans a job (doing any planning work itself, such as TeraSort's key sampling)
+//! and names it with a [`JobDescriptor`]: the job's registered name and its parameters,
+//! encoded with rkyv. The coordinator forwards the descriptor's bytes, and every worker
+//! rebuilds the same job from them with [`Registry::factory`]. Every process of a cluster
+//! runs the same binary, so they share the same registry.
+//!
+//! quern's own jobs register themselves ([`Registry::builtin`]) through the same public
+//! [`Registry::register`] a user's crate calls for its jobs:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use quern_jobs::registry::Registry;
+//! use quern_jobs::text::WordCount;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+//! struct Params {
+//!     min_count: u64,
+//! }
+//!
+//! let mut registry = Registry::builtin();
+//! registry.register("my_wc", |p: Params| {
+//!     let _ = p.min_count; // a real job would keep its parameters
+//!     Ok(Arc::new(WordCount) as Arc<dyn quern_runtime::Job>)
+//! });
+//! let descriptor = registry.descriptor("my_wc", &Params { min_count: 2 }).unwrap();
+//! assert!(registry.build(&descriptor).is_ok());
+//! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use quern_runtime::cluster::JobFactory;
 use quern_runtime::Job;
+use quern_shuffle::wire::{decode_msg, encode_msg};
 use rkyv::rancor::BoxedError;
 
 use crate::grep::Grep;
 use crate::tera::{TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
-/// Every built-in job with its parameters.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum JobDescriptor {
-    /// gensort-compatible generator.
-    TeraGen {
-        /// Records.
-        records: u64,
-        /// Generator seed.
-        seed: u128,
-        /// ASCII records.
-        ascii: bool,
-    },
-    /// Total-order sort with these cut points.
-    TeraSort {
-        /// `R - 1` cut points.
-        cuts: Vec<[u8; 10]>,
-    },
-    /// Order/duplicate/checksum validation.
-    TeraValidate {
-        /// Input names.
-        names: Vec<String>,
-    },
-    /// Regex search.
-    Grep {
-        /// Pattern.
-        pattern: String,
-        /// Count per file.
-        count: bool,
-        /// Input names.
-        names: Vec<String>,
-    },
-    /// Word count.
-    WordCount,
-    /// Inverted index.
-    Index {
-        /// Input names.
-        names: Vec<String>,
-    },
+/// A built job, or why it cannot be built.
+pub type BuildResult = Result<Arc<dyn Job>, String>;
+
+/// A job's parameters: any rkyv-serialisable type (derive `rkyv::Archive`,
+/// `rkyv::Serialize` and `rkyv::Deserialize`). Decoding validates the bytes (bytecheck)
+/// first, so bytes from the network never panic.
+pub trait Params: Sized {
+    /// Serialises the parameters.
+    fn encode(&self) -> Result<Vec<u8>, String>;
+    /// Validates and deserialises parameters from untrusted bytes (any alignment).
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
 }
 
-impl JobDescriptor {
-    /// Builds the job.
-    pub fn build(&self) -> Result<Arc<dyn Job>, String> {
-        Ok(match self.clone() {
-            JobDescriptor::TeraGen {
-                records,
-                seed,
-                ascii,
-            } => Arc::new(TeraGen {
-                records,
-                seed,
-                ascii,
-            }),
-            JobDescriptor::TeraSort { cuts } => Arc::new(TeraSort { cuts }),
-            JobDescriptor::TeraValidate { names } => Arc::new(TeraValidate { names }),
-            JobDescriptor::Grep {
-                pattern,
-                count,
-                names,
-            } => Arc::new(Grep::new(&pattern, count, names)?),
-            JobDescriptor::WordCount => Arc::new(WordCount),
-            JobDescriptor::Index { names } => Arc::new(Index { names }),
-        })
-    }
-
-    /// Serialises the descriptor.
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        rkyv::to_bytes::<BoxedError>(self)
+impl<T> Params for T
+where
+    T: rkyv::Archive
+        + for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec<16>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                BoxedError,
+            >,
+        >,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<BoxedError>>,
+{
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        encode_msg(self)
             .map(|b| b.to_vec())
             .map_err(|e| e.to_string())
     }
 
-    /// Validates and deserialises a descriptor (from untrusted bytes: never panics).
-    pub fn decode(bytes: &[u8]) -> Result<JobDescriptor, String> {
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        rkyv::from_bytes::<JobDescriptor, BoxedError>(&aligned)
-            .map_err(|e| format!("invalid job descriptor: {e}"))
+        decode_msg(&aligned).map_err(|e| e.to_string())
     }
 }
 
-/// The factory for built-in jobs.
-pub fn factory() -> JobFactory {
-    Arc::new(|bytes: &[u8]| JobDescriptor::decode(bytes)?.build())
+/// A job as it travels to the workers: its registered name and its encoded parameters.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JobDescriptor {
+    /// The name the job is registered under.
+    pub name: String,
+    /// Its parameters, encoded with [`Params::encode`].
+    pub params: Vec<u8>,
+}
+
+impl JobDescriptor {
+    /// Serialises the descriptor (the bytes of `JobSpec::job`).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        Params::encode(self)
+    }
+
+    /// Validates and deserialises a descriptor (from untrusted bytes: never panics).
+    pub fn decode(bytes: &[u8]) -> Result<JobDescriptor, String> {
+        <JobDescriptor as Params>::decode(bytes).map_err(|e| format!("invalid job descriptor: {e}"))
+    }
+}
+
+type Builder = Arc<dyn Fn(&[u8]) -> BuildResult + Send + Sync>;
+
+/// Every job this binary can run, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    jobs: BTreeMap<String, Builder>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.jobs.keys()).finish()
+    }
+}
+
+/// The names quern's own jobs are registered under.
+pub mod names {
+    /// [`crate::tera::TeraGen`].
+    pub const TERAGEN: &str = "teragen";
+    /// [`crate::tera::TeraSort`].
+    pub const TERASORT: &str = "terasort";
+    /// [`crate::tera::TeraValidate`].
+    pub const TERAVALIDATE: &str = "teravalidate";
+    /// [`crate::grep::Grep`].
+    pub const GREP: &str = "grep";
+    /// [`crate::text::WordCount`].
+    pub const WC: &str = "wc";
+    /// [`crate::text::Index`].
+    pub const INDEX: &str = "index";
+}
+
+/// [`Grep`]'s parameters (the job itself holds the compiled regex).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct GrepParams {
+    /// Pattern (Rust regex syntax).
+    pub pattern: String,
+    /// Count matching lines per file instead of printing them.
+    pub count: bool,
+    /// Input names, by input index.
+    pub names: Vec<String>,
+}
+
+impl Registry {
+    /// A registry without any job.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// quern's own jobs: teragen, terasort, teravalidate, grep, wc and index.
+    pub fn builtin() -> Registry {
+        let mut r = Registry::new();
+        r.register(names::TERAGEN, |j: TeraGen| Ok(Arc::new(j) as Arc<dyn Job>))
+            .register(names::TERASORT, |j: TeraSort| {
+                Ok(Arc::new(j) as Arc<dyn Job>)
+            })
+            .register(names::TERAVALIDATE, |j: TeraValidate| {
+                Ok(Arc::new(j) as Arc<dyn Job>)
+            })
+            .register(names::GREP, |p: GrepParams| {
+                Ok(Arc::new(Grep::new(&p.pattern, p.count, p.names)?) as Arc<dyn Job>)
+            })
+            .register(names::WC, |j: WordCount| Ok(Arc::new(j) as Arc<dyn Job>))
+            .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>));
+        r
+    }
+
+    /// Registers the job `name`, built from parameters of type `P` by `build`. A name
+    /// registered again replaces the earlier entry (so a user's crate may override a
+    /// built-in).
+    pub fn register<P: Params + 'static>(
+        &mut self,
+        name: &str,
+        build: impl Fn(P) -> BuildResult + Send + Sync + 'static,
+    ) -> &mut Registry {
+        let builder: Builder = Arc::new(move |bytes: &[u8]| build(P::decode(bytes)?));
+        self.jobs.insert(name.to_string(), builder);
+        self
+    }
+
+    /// The registered names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.jobs.keys().map(String::as_str)
+    }
+
+    /// Names job `name` with `params`, checking that it is registered.
+    pub fn descriptor<P: Params>(&self, name: &str, params: &P) -> Result<JobDescriptor, String> {
+        if !self.jobs.contains_key(name) {
+            return Err(self.unknown(name));
+        }
+        Ok(JobDescriptor {
+            name: name.to_string(),
+            params: params.encode()?,
+        })
+    }
+
+    /// Builds the job `descriptor` names.
+    pub fn build(&self, descriptor: &JobDescriptor) -> BuildResult {
+        let build = self
+            .jobs
+            .get(&descriptor.name)
+            .ok_or_else(|| self.unknown(&descriptor.name))?;
+        build(&descriptor.params).map_err(|e| format!("job {:?}: {e}", descriptor.name))
+    }
+
+    /// What workers build jobs with: decodes `JobSpec::job` and builds it.
+    pub fn factory(self) -> JobFactory {
+        Arc::new(move |bytes: &[u8]| self.build(&JobDescriptor::decode(bytes)?))
+    }
+
+    fn unknown(&self, name: &str) -> String {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "this program".into());
+        let known: Vec<&str> = self.names().collect();
+        format!(
+            "{exe} has no job named {name:?} (it has: {}); run every process of the cluster \
+             from the binary that defines the job",
+            known.join(", ")
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn descriptors(r: &Registry) -> Vec<JobDescriptor> {
+        vec![
+            r.descriptor(
+                names::TERAGEN,
+                &TeraGen {
+                    records: 5,
+                    seed: 1 << 100,
+                    ascii: true,
+                },
+            )
+            .unwrap(),
+            r.descriptor(
+                names::TERASORT,
+                &TeraSort {
+                    cuts: vec![[1; 10], [2; 10]],
+                },
+            )
+            .unwrap(),
+            r.descriptor(
+                names::GREP,
+                &GrepParams {
+                    pattern: "a+".into(),
+                    count: true,
+                    names: vec!["x".into()],
+                },
+            )
+            .unwrap(),
+            r.descriptor(names::WC, &WordCount).unwrap(),
+        ]
+    }
+
     #[test]
     fn descriptors_round_trip_and_garbage_is_an_error() {
-        let all = [
-            JobDescriptor::TeraGen {
-                records: 5,
-                seed: 1 << 100,
-                ascii: true,
-            },
-            JobDescriptor::TeraSort {
-                cuts: vec![[1; 10], [2; 10]],
-            },
-            JobDescriptor::Grep {
-                pattern: "a+".into(),
-                count: true,
-                names: vec!["x".into()],
-            },
-            JobDescriptor::WordCount,
-        ];
-        for d in all {
+        let r = Registry::builtin();
+        for d in descriptors(&r) {
             let bytes = d.encode().unwrap();
             assert_eq!(JobDescriptor::decode(&bytes).unwrap(), d);
-            assert!(d.build().is_ok());
-            // Misaligned copies and truncations never panic.
+            assert!(r.build(&d).is_ok(), "{}", d.name);
+            // Truncations never panic.
             for cut in 0..bytes.len() {
                 let _ = JobDescriptor::decode(&bytes[..cut]);
             }
+            // Nor do truncated parameters: they are an error naming the job.
+            if d.params.is_empty() {
+                continue; // WordCount has none
+            }
+            let short = JobDescriptor {
+                params: d.params[..d.params.len() / 2].to_vec(),
+                ..d.clone()
+            };
+            let err = r.build(&short).err().expect("truncated parameters");
+            assert!(err.starts_with(&format!("job {:?}", d.name)), "{err}");
         }
-        let bad = JobDescriptor::Grep {
-            pattern: "a(".into(),
-            count: false,
-            names: vec![],
-        };
-        let err = bad.build().err().expect("an invalid regex must not build");
+        let bad = r
+            .descriptor(
+                names::GREP,
+                &GrepParams {
+                    pattern: "a(".into(),
+                    count: false,
+                    names: vec![],
+                },
+            )
+            .unwrap();
+        let err = r
+            .build(&bad)
+            .err()
+            .expect("an invalid regex must not build");
         assert!(err.contains("invalid regex"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_job_is_refused_naming_the_job_and_the_binary() {
+        let r = Registry::builtin();
+        let err = r.descriptor("reverse_links", &WordCount).unwrap_err();
+        assert!(err.contains("\"reverse_links\""), "{err}");
+        let exe = std::env::current_exe().unwrap();
+        assert!(err.contains(&exe.display().to_string()), "{err}");
+        assert!(err.contains("terasort"), "{err}");
+        // A worker whose registry lacks the job fails it with the same message.
+        let desc = JobDescriptor {
+            name: "reverse_links".into(),
+            params: vec![],
+        };
+        let factory = Registry::new().factory();
+        let err = factory(&desc.encode().unwrap()).err().expect("unknown job");
+        assert!(err.contains("no job named \"reverse_links\""), "{err}");
+    }
+
+    #[test]
+    fn a_user_job_registers_through_the_same_api_and_can_replace_a_builtin() {
+        let mut r = Registry::builtin();
+        r.register(names::WC, |_: WordCount| Err("replaced".to_string()));
+        let d = r.descriptor(names::WC, &WordCount).unwrap();
+        assert_eq!(r.build(&d).err().as_deref(), Some("job \"wc\": replaced"));
+        assert_eq!(
+            r.names().collect::<Vec<_>>(),
+            ["grep", "index", "teragen", "terasort", "teravalidate", "wc"]
+        );
     }
 }

@@ -18,7 +18,7 @@ pub const DUPLICATES: &str = "tera.duplicates";
 pub const MISORDERS: &str = "tera.misorders";
 
 /// gensort-compatible generator: a map-only job over a range of row numbers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TeraGen {
     /// Records to generate.
     pub records: u64,
@@ -90,7 +90,7 @@ fn identity_reduce(
 }
 
 /// Total-order sort of 100-byte records by their 10-byte key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TeraSort {
     /// `R - 1` split points: partition `p` holds keys in `[cuts[p-1], cuts[p])`.
     pub cuts: Vec<[u8; KEY_LEN]>,
@@ -167,7 +167,7 @@ impl Job for TeraSort {
 /// Checks that records are sorted within and across files (in name order), counts records
 /// and duplicate keys, and sums the checksum. One reducer sees every split's summary in
 /// (file, offset) order and checks the boundaries between them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TeraValidate {
     /// The files being validated, to name them in reports.
     pub names: Vec<String>,

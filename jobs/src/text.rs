@@ -51,7 +51,7 @@ fn sum_u64(values: &mut dyn Iterator<Item = &[u8]>) -> u64 {
 }
 
 /// Word count: `word count` per distinct word.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct WordCount;
 
 impl Job for WordCount {
@@ -95,7 +95,7 @@ impl Job for WordCount {
 }
 
 /// Inverted index: `word N doc1,doc2,...` with the documents sorted by name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Index {
     /// Display names of the input files, by index.
     pub names: Vec<String>,
