@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use quern_runtime::cluster::{
     self,
     coordinator::CoordinatorConfig,
@@ -258,6 +258,20 @@ enum Command {
     },
 }
 
+// The arguments of a job command added by `Registry::register_command` (a plain comment: a
+// doc comment would become every such command's `--help` text).
+#[derive(Debug, Args)]
+struct JobCommandArgs {
+    /// Input files or directories.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output directory (part files + _SUCCESS).
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 /// Options of long-running processes.
 #[derive(Debug, Args, Clone)]
 pub struct DaemonArgs {
@@ -334,39 +348,53 @@ enum Outcome {
 
 /// The whole `quern` command line, with the jobs of `registry`: the entry point of the
 /// `quern` binary (`main(Registry::builtin())`) and of a user's binary that registers its
-/// own jobs. Every process of a cluster must run the same binary, so that each worker
-/// knows every job it may be asked to run.
+/// own jobs. The job commands of [`Registry::register_command`] join the built-in ones
+/// (which win a clash of names). Every process of a cluster must run the same binary, so
+/// that each worker knows every job it may be asked to run.
 pub fn main(registry: Registry) -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                e.exit();
-            }
-            // One line, like every other error: clap's first paragraph (which names what
-            // is missing or wrong) joined, without clap's own prefix.
-            let text = e.to_string();
-            let first: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let first = if first.is_empty() {
-                "invalid arguments".to_string()
-            } else {
-                first.join(" ")
-            };
-            eprintln!("quern: error: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
+    main_from(registry, None)
+}
+
+/// [`main`] for a binary that is mostly one job: when the first argument names no command
+/// (`BIN INPUT... --output DIR`), job command `default` runs. `BIN worker ...`, `BIN
+/// coordinator ...` and the rest keep working, as the local cluster needs.
+pub fn main_with_default(registry: Registry, default: &str) -> ExitCode {
+    main_from(registry, Some(default))
+}
+
+fn main_from(registry: Registry, default: Option<&str>) -> ExitCode {
+    let mut cli = Cli::command();
+    for (name, command) in registry.commands() {
+        if cli.find_subcommand(name).is_none() {
+            let sub = JobCommandArgs::augment_args(clap::Command::new(name.to_string()))
+                .about(command.about.clone());
+            cli = cli.subcommand(sub);
         }
+    }
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(default) = default {
+        let first = args.get(1).and_then(|a| a.to_str());
+        if !first.is_some_and(|f| f == "help" || cli.find_subcommand(f).is_some()) {
+            args.insert(1.min(args.len()), default.into());
+        }
+    }
+    let matches = match cli.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
     };
-    match run(cli.command, &registry) {
+    let result = match matches.subcommand() {
+        Some((name, sub)) if registry.command(name).is_some() && !is_builtin(name) => {
+            match JobCommandArgs::from_arg_matches(sub) {
+                Ok(args) => run_job_command(&registry, name, args),
+                Err(e) => return usage_error(e),
+            }
+        }
+        _ => match Cli::from_arg_matches(&matches) {
+            Ok(cli) => run(cli.command, &registry),
+            Err(e) => return usage_error(e),
+        },
+    };
+    match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err(Error::Interrupted) => {
@@ -378,6 +406,69 @@ pub fn main(registry: Registry) -> ExitCode {
             ExitCode::from(if e.is_user_error() { 2 } else { 1 })
         }
     }
+}
+
+/// Whether `name` is one of quern's own subcommands.
+fn is_builtin(name: &str) -> bool {
+    Cli::command().find_subcommand(name).is_some()
+}
+
+/// Prints a clap error (help and version go to stdout as usual) and gives the exit code.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // One line, like every other error: clap's first paragraph (which names what is missing
+    // or wrong) joined, without clap's own prefix.
+    let text = e.to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let first = if first.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        first.join(" ")
+    };
+    eprintln!("quern: error: {}", first.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+/// Runs the job command `name` of `registry`.
+fn run_job_command(
+    registry: &Registry,
+    name: &str,
+    args: JobCommandArgs,
+) -> Result<Outcome, Error> {
+    let JobCommandArgs {
+        inputs,
+        output,
+        run,
+    } = args;
+    init_logging(run.verbose);
+    let command = registry
+        .command(name)
+        .ok_or_else(|| Error::Usage(format!("no job command {name:?}")))?;
+    let reducers = run.reducers(command.reducers.unwrap_or(default_threads() as u32));
+    let plan = plan(command.input, run.expand(&inputs)?, run.split_size)?;
+    let job = Prepared {
+        descriptor: JobDescriptor {
+            name: name.to_string(),
+            params: command.params(&plan.inputs).map_err(Error::Usage)?,
+        },
+        plan,
+        reducers,
+    };
+    let report = run.execute(registry, job, &output)?;
+    summary(&run, name, &report)?;
+    Ok(Outcome::Ok)
 }
 
 fn init_logging(verbose: bool) {
@@ -416,15 +507,20 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
     match &report.report {
         Some(r) => eprintln!("{}", r.summary()),
         // --sequential and --in-process measure no latencies.
-        None => eprintln!(
-            "quern {name}: {}",
-            quern_runtime::report::headline(
-                report.map_tasks as u64,
-                report.reduce_tasks as u64,
-                |c| report.counters.get(c),
-                u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
-            )
-        ),
+        None => {
+            eprintln!(
+                "quern {name}: {}",
+                quern_runtime::report::headline(
+                    report.map_tasks as u64,
+                    report.reduce_tasks as u64,
+                    |c| report.counters.get(c),
+                    u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
+                )
+            );
+            if let Some(line) = quern_runtime::report::own_counters(report.counters.iter()) {
+                eprintln!("quern {name}: {line}");
+            }
+        }
     }
     let (passes, spilled) = (
         report.counters.get(merge::MERGE_PASSES),

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use quern_runtime::cluster::JobFactory;
-use quern_runtime::Job;
+use quern_runtime::{InputFile, InputFormat, Job};
 use quern_shuffle::wire::{decode_msg, encode_msg};
 use rkyv::rancor::BoxedError;
 
@@ -101,16 +101,68 @@ impl JobDescriptor {
 }
 
 type Builder = Arc<dyn Fn(&[u8]) -> BuildResult + Send + Sync>;
+type Planner = Arc<dyn Fn(&[InputFile]) -> Result<Vec<u8>, String> + Send + Sync>;
 
-/// Every job this binary can run, by name.
+/// Every job this binary can run, by name, and the job commands it adds to the command line.
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: BTreeMap<String, Builder>,
+    commands: BTreeMap<String, JobCommand>,
+}
+
+/// How a registered job is run from the command line: `NAME INPUT... --output DIR [common
+/// flags]` (see [`Registry::register_command`]).
+#[derive(Clone)]
+pub struct JobCommand {
+    /// One line for `--help`.
+    pub about: String,
+    /// How the input files are cut into records.
+    pub input: InputFormat,
+    /// Reduce tasks unless `--reducers` says otherwise: `None` is one per core, `Some(0)` a
+    /// map-only job.
+    pub reducers: Option<u32>,
+    params: Planner,
+}
+
+impl std::fmt::Debug for JobCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobCommand")
+            .field("about", &self.about)
+            .field("input", &self.input)
+            .field("reducers", &self.reducers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobCommand {
+    /// A command over `input` with the default number of reducers (one per core).
+    pub fn new(about: &str, input: InputFormat) -> JobCommand {
+        JobCommand {
+            about: about.to_string(),
+            input,
+            reducers: None,
+            params: Arc::new(|_| Err("no parameters".to_string())),
+        }
+    }
+
+    /// With `reducers` reduce tasks unless `--reducers` is given (0: map-only).
+    pub fn reducers(mut self, reducers: u32) -> JobCommand {
+        self.reducers = Some(reducers);
+        self
+    }
+
+    /// The job's encoded parameters for `inputs`, the files the command was given.
+    pub fn params(&self, inputs: &[InputFile]) -> Result<Vec<u8>, String> {
+        (self.params)(inputs)
+    }
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.jobs.keys()).finish()
+        f.debug_struct("Registry")
+            .field("jobs", &self.jobs.keys())
+            .field("commands", &self.commands.keys())
+            .finish()
     }
 }
 
@@ -176,6 +228,32 @@ impl Registry {
         let builder: Builder = Arc::new(move |bytes: &[u8]| build(P::decode(bytes)?));
         self.jobs.insert(name.to_string(), builder);
         self
+    }
+
+    /// Registers job `name` as [`Registry::register`] does, and adds the command `NAME
+    /// INPUT... --output DIR [common flags]` to [`crate::cli::main`]'s command line. The
+    /// client computes the job's parameters from the input files with `params` (e.g. to name
+    /// them in the output); each worker rebuilds the job from them with `build`.
+    pub fn register_command<P: Params + 'static>(
+        &mut self,
+        name: &str,
+        mut command: JobCommand,
+        params: impl Fn(&[InputFile]) -> P + Send + Sync + 'static,
+        build: impl Fn(P) -> BuildResult + Send + Sync + 'static,
+    ) -> &mut Registry {
+        command.params = Arc::new(move |inputs: &[InputFile]| params(inputs).encode());
+        self.commands.insert(name.to_string(), command);
+        self.register(name, build)
+    }
+
+    /// The job commands, by name.
+    pub fn commands(&self) -> impl Iterator<Item = (&str, &JobCommand)> {
+        self.commands.iter().map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// The job command `name`, if one is registered.
+    pub fn command(&self, name: &str) -> Option<&JobCommand> {
+        self.commands.get(name)
     }
 
     /// The registered names, in order.

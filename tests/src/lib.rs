@@ -31,55 +31,58 @@ pub mod cluster;
 /// Set `QUERN_BIN` to use another binary.
 pub fn quern() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("QUERN_BIN") {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in target/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir").join("quern-bin");
-        let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
-            Some("debug") => "dev".to_string(),
-            Some(name) => name.to_string(),
-            None if cfg!(debug_assertions) => "dev".to_string(),
-            None => "release".to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "quern-jobs",
-                "--bin",
-                "quern",
-                "--profile",
-                &profile,
-            ])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .current_dir(workspace_root())
-            .status()
-            .expect("running cargo build for the quern binary");
-        assert!(
-            status.success(),
-            "cargo build -p quern-jobs --bin quern failed: {status}"
-        );
-        let out_dir = match profile.as_str() {
-            "dev" | "test" => "debug",
-            "bench" => "release",
-            other => other,
-        };
-        let bin = target_dir
-            .join(out_dir)
-            .join(format!("quern{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.is_file(), "{} missing after cargo build", bin.display());
-        bin
+    BIN.get_or_init(|| match std::env::var_os("QUERN_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => build(&["--bin", "quern"], Path::new("quern")),
     })
+}
+
+/// Path of the example binary `name` of `quern-jobs` (`jobs/examples/NAME.rs`), built as
+/// [`quern`] is.
+pub fn example(name: &str) -> PathBuf {
+    build(&["--example", name], &Path::new("examples").join(name))
+}
+
+/// Runs `cargo build -p quern-jobs WHAT` into `target/quern-bin` with the test executable's
+/// profile, and returns the path of the binary `bin` (relative to the profile's directory).
+fn build(what: &[&str], bin: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").join("quern-bin");
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") => "dev".to_string(),
+        Some(name) => name.to_string(),
+        None if cfg!(debug_assertions) => "dev".to_string(),
+        None => "release".to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "quern-jobs"])
+        .args(what)
+        .args(["--profile", &profile])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(workspace_root())
+        .status()
+        .expect("running cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p quern-jobs {} failed: {status}",
+        what.join(" ")
+    );
+    let out_dir = match profile.as_str() {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    };
+    let mut bin = target_dir.join(out_dir).join(bin);
+    bin.as_mut_os_string().push(std::env::consts::EXE_SUFFIX);
+    assert!(bin.is_file(), "{} missing after cargo build", bin.display());
+    bin
 }
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
@@ -199,15 +202,28 @@ where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
+    run_program(quern(), args, env)
+}
+
+/// Runs the program `bin` with `args` and extra environment variables.
+pub fn run_program<I, S, E, K, V>(bin: &Path, args: I, env: E) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+    E: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
     let args: Vec<_> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
         .collect();
-    let cmdline = std::iter::once("quern".to_string())
+    let name = bin.file_name().unwrap_or(bin.as_os_str()).to_string_lossy();
+    let cmdline = std::iter::once(name.into_owned())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let out = Command::new(quern())
+    let out = Command::new(bin)
         .args(&args)
         .envs(env)
         .output()

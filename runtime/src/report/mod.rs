@@ -36,8 +36,8 @@ pub use hgrm::{parse_hgrm, percentile_distribution, TICKS_PER_HALF_DISTANCE};
 pub use html::render_html;
 pub(crate) use text::escape_html;
 pub use text::{
-    headline, human_bytes, human_mb_per_s, human_us, human_value, COUNTER_INPUT_BYTES,
-    COUNTER_OUTPUT_BYTES,
+    headline, human_bytes, human_mb_per_s, human_us, human_value, own_counters,
+    COUNTER_INPUT_BYTES, COUNTER_OUTPUT_BYTES, ENGINE_COUNTER_GROUPS,
 };
 
 /// Version of the `report.json` layout.

@@ -13,6 +13,25 @@ pub const COUNTER_INPUT_BYTES: &str = "map.input.bytes";
 /// Counter of output bytes.
 pub const COUNTER_OUTPUT_BYTES: &str = "output.bytes";
 
+/// The groups (the part of a counter's name before the first `.`) of the engine's own
+/// counters; the summary lists every other counter as the job's own.
+pub const ENGINE_COUNTER_GROUPS: [&str; 7] = [
+    "attempts", "backups", "map", "output", "reduce", "shuffle", "workers",
+];
+
+/// The summary line of a job's own counters, those outside [`ENGINE_COUNTER_GROUPS`]
+/// (`counters: bad.lines 2, grep.matches 7`), or `None` if it has none.
+pub fn own_counters<'a>(counters: impl Iterator<Item = (&'a str, u128)>) -> Option<String> {
+    let own: Vec<String> = counters
+        .filter(|(name, _)| {
+            let group = name.split('.').next().unwrap_or(name);
+            !ENGINE_COUNTER_GROUPS.contains(&group)
+        })
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    (!own.is_empty()).then(|| format!("counters: {}", own.join(", ")))
+}
+
 impl Report {
     /// Counter `name`, 0 when absent.
     pub fn counter(&self, name: &str) -> u128 {
@@ -25,7 +44,8 @@ impl Report {
     }
 
     /// The summary printed on stderr at the end of every job: totals, attempts and backups,
-    /// then one row of percentiles per non-empty histogram. Every line starts with
+    /// the job's own counters (`counters: bad.lines 2, ...`, if it has any), then one row of
+    /// percentiles per non-empty histogram. Every line starts with
     /// `quern JOB: `; there is no trailing newline.
     ///
     /// ```text
@@ -52,6 +72,9 @@ impl Report {
                 self.counter("backups.launched"),
                 self.counter("backups.won"),
             ));
+        }
+        if let Some(line) = own_counters(self.counters.iter().map(|(n, v)| (n.as_str(), *v))) {
+            lines.push(line);
         }
         for w in &self.workers {
             if let Some(fault) = &w.work_dir_fault {
