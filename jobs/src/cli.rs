@@ -547,6 +547,30 @@ fn summary(run: &RunArgs, name: &str, report: &JobReport) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where a job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunMode {
+    /// Everything on one thread (`--sequential`): the reference.
+    Sequential,
+    /// A thread pool in this process (`--in-process`).
+    InProcess { threads: usize },
+    /// The embedded local cluster of `workers` worker processes (the default).
+    LocalCluster { workers: usize },
+    /// A running cluster (`--coordinator ADDR --secret-file FILE`).
+    Remote { addr: SocketAddr, secret: PathBuf },
+}
+
+impl RunMode {
+    fn describe(&self) -> String {
+        match self {
+            RunMode::Sequential => "with --sequential".to_string(),
+            RunMode::InProcess { .. } => "with --in-process".to_string(),
+            RunMode::LocalCluster { .. } => "on the embedded local cluster".to_string(),
+            RunMode::Remote { addr, .. } => format!("on the cluster at {addr}"),
+        }
+    }
+}
+
 /// A planned job, ready to run in any mode.
 struct Prepared {
     descriptor: JobDescriptor,
@@ -574,6 +598,54 @@ impl Prepared {
 impl RunArgs {
     fn reducers(&self, default: u32) -> u32 {
         self.reducers.unwrap_or(default)
+    }
+
+    /// Where the job runs, decided once from the flags; a flag that does not apply to the
+    /// chosen mode is refused rather than ignored.
+    fn mode(&self) -> Result<RunMode, Error> {
+        let mode = if self.sequential {
+            RunMode::Sequential
+        } else if self.in_process {
+            RunMode::InProcess {
+                threads: self.threads.unwrap_or_else(default_threads).max(1),
+            }
+        } else if let Some(addr) = self.coordinator {
+            let secret = self
+                .secret_file
+                .clone()
+                .ok_or_else(|| Error::Usage("--coordinator needs --secret-file".to_string()))?;
+            RunMode::Remote { addr, secret }
+        } else {
+            RunMode::LocalCluster {
+                workers: self.workers.unwrap_or_else(default_threads).max(1),
+            }
+        };
+        let refuse = |flag: &str, applies: &str| {
+            Err(Error::Usage(format!(
+                "{flag} applies only {applies}; this job runs {}",
+                mode.describe()
+            )))
+        };
+        if self.threads.is_some() && !matches!(mode, RunMode::InProcess { .. }) {
+            return refuse("--threads", "with --in-process");
+        }
+        if self.workers.is_some() && !matches!(mode, RunMode::LocalCluster { .. }) {
+            return refuse("--workers", "to the embedded local cluster");
+        }
+        if self.secret_file.is_some() && !matches!(mode, RunMode::Remote { .. }) {
+            return refuse("--secret-file", "with --coordinator");
+        }
+        Ok(mode)
+    }
+
+    /// The reducers of a job whose reduce phase is fixed (`n`): `--reducers` is refused.
+    fn fixed_reducers(&self, job: &str, n: u32, why: &str) -> Result<u32, Error> {
+        match self.reducers {
+            Some(_) => Err(Error::Usage(format!(
+                "--reducers (-r) does not apply to {job}: {why}"
+            ))),
+            None => Ok(n),
+        }
     }
 
     /// Reducers of a job that needs a reduce phase: `--reducers 0` is refused.
@@ -607,10 +679,14 @@ impl RunArgs {
         job: Prepared,
         output: &Path,
     ) -> Result<JobReport, Error> {
-        if self.sequential || self.in_process {
+        let mode = self.mode()?;
+        if let RunMode::Sequential | RunMode::InProcess { .. } = mode {
             let cfg = LocalConfig {
-                threads: self.threads.unwrap_or_else(default_threads).max(1),
-                sequential: self.sequential,
+                threads: match mode {
+                    RunMode::InProcess { threads } => threads,
+                    _ => 1,
+                },
+                sequential: mode == RunMode::Sequential,
                 reducers: job.reducers,
                 split_size: self.split_size,
                 memory: self.memory(),
@@ -631,7 +707,6 @@ impl RunArgs {
                 Ok(f)
             })
             .collect::<Result<_, Error>>()?;
-        let cores = default_threads() as u64;
         let mut spec = JobSpec {
             job: job.descriptor.encode().map_err(Error::Usage)?,
             name: job.descriptor.name.clone(),
@@ -647,14 +722,16 @@ impl RunArgs {
         };
         let mut progress = Progress::new(&job.descriptor.name, self.quiet, self.verbose);
         let mut events = |e| progress.event(e);
-        if let (Some(addr), Some(secret)) = (self.coordinator, &self.secret_file) {
-            let secret = read_secret(secret)?;
+        if let RunMode::Remote { addr, secret } = &mode {
+            let (addr, secret) = (*addr, read_secret(secret)?);
             let report = cluster::client::submit(addr, &secret, spec, &mut events, &mut || true);
             progress.finish();
             return report;
         }
         let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
-        let workers = self.workers.unwrap_or(cores as usize).max(1);
+        let RunMode::LocalCluster { workers } = mode else {
+            unreachable!("every other mode returned above");
+        };
         let mut local = LocalCluster::start(&exe, workers, 1)?;
         if self.verbose {
             eprintln!(
@@ -811,7 +888,12 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 seed,
                 ascii,
             };
-            let job = Prepared::new(registry, job::TERAGEN, &params, plan, 0)?;
+            let reducers = run.fixed_reducers(
+                "teragen",
+                0,
+                "it is map-only (--parts sets its output files)",
+            )?;
+            let job = Prepared::new(registry, job::TERAGEN, &params, plan, reducers)?;
             let report = run.execute(registry, job, &output)?;
             summary(&run, "teragen", &report)?;
             println!("Records: {}", report.counters.get(tera::RECORDS));
@@ -847,7 +929,12 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 names: names(&files),
             };
             let plan = plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?;
-            let job = Prepared::new(registry, job::TERAVALIDATE, &params, plan, 1)?;
+            let reducers = run.fixed_reducers(
+                "teravalidate",
+                1,
+                "one reducer checks the boundaries between splits",
+            )?;
+            let job = Prepared::new(registry, job::TERAVALIDATE, &params, plan, reducers)?;
             let (report, _scratch) = run_to(&run, registry, job, output)?;
             summary(&run, "teravalidate", &report)?;
             let c = &report.counters;
@@ -882,7 +969,12 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 names: names(&files),
             };
             let plan = plan(InputFormat::Lines, files, run.split_size)?;
-            let job = Prepared::new(registry, job::GREP, &params, plan, u32::from(count))?;
+            let reducers = run.fixed_reducers(
+                "grep",
+                u32::from(count),
+                "its output keeps input order (and directories are always searched recursively)",
+            )?;
+            let job = Prepared::new(registry, job::GREP, &params, plan, reducers)?;
             let printing = output.is_none();
             let (report, _scratch) = run_to(&run, registry, job, output)?;
             summary(&run, "grep", &report)?;

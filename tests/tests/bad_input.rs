@@ -148,6 +148,41 @@ fn invalid_regex() {
     contains_all(&line, &["a(b"]);
 }
 
+/// A flag that does not apply to where (or what) the job runs is refused, not ignored.
+#[test]
+fn flags_that_do_not_apply_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = p(&book("pg-metamorphosis.txt"));
+    let out = dir.path().join("out");
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["wc", &b, "--threads", "2"],
+            &["--threads", "--in-process", "local cluster"],
+        ),
+        (
+            &["wc", &b, "--threads", "2", "--sequential"],
+            &["--threads", "--in-process", "--sequential"],
+        ),
+        (
+            &["wc", &b, "--workers", "2", "--in-process"],
+            &["--workers", "local cluster"],
+        ),
+        (
+            &["wc", &b, "--secret-file", &b],
+            &["--secret-file", "--coordinator"],
+        ),
+        (&["grep", "-r", "2", "Gregor", &b], &["--reducers", "grep"]),
+        (
+            &["teragen", "--records", "10", "-r", "2"],
+            &["--reducers", "teragen", "map-only"],
+        ),
+    ];
+    for (args, mentions) in cases {
+        let line = expect_user_error(&s(args), Some(&out));
+        contains_all(&line, mentions);
+    }
+}
+
 /// An output directory that already holds output is refused and left untouched, for every
 /// job that writes one; so is an output path that is a file.
 #[test]
