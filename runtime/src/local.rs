@@ -102,11 +102,15 @@ pub fn run_planned(
     match execute(job, plan, &out, cfg) {
         Ok((counters, reduce_tasks)) => {
             let parts = out
-                .commit_job(if cfg.reducers == 0 {
-                    plan.splits.len()
-                } else {
-                    reduce_tasks
-                })
+                // One attempt (0) per task here.
+                .commit_job(&vec![
+                    0;
+                    if cfg.reducers == 0 {
+                        plan.splits.len()
+                    } else {
+                        reduce_tasks
+                    }
+                ])
                 .inspect_err(|_| out.abort())?;
             Ok(JobReport {
                 counters,

@@ -369,7 +369,15 @@ impl Sink for SortBuffer<'_> {
             return;
         }
         let part = self.job.partition(key, self.env.reducers);
-        debug_assert!(part < self.env.reducers, "partition out of range");
+        if part >= self.env.reducers {
+            self.error = Some(Error::Usage(format!(
+                "job {}: partition() returned {part} for key {:?}, outside 0..{}",
+                self.job.name(),
+                String::from_utf8_lossy(&key[..key.len().min(64)]),
+                self.env.reducers
+            )));
+            return;
+        }
         let off = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
@@ -378,7 +386,7 @@ impl Sink for SortBuffer<'_> {
             off,
             klen: key.len() as u32,
             vlen: value.len() as u32,
-            part: part.min(self.env.reducers - 1),
+            part,
         });
     }
 }
@@ -729,6 +737,55 @@ mod tests {
             control.progress(),
             (total, total),
             "all work credited at the end"
+        );
+    }
+
+    /// Sends every key to partition `reducers`, one past the last.
+    struct BadPartition;
+
+    impl Job for BadPartition {
+        fn name(&self) -> &str {
+            "bad_partition"
+        }
+        fn input_format(&self) -> InputFormat {
+            InputFormat::Lines
+        }
+        fn map(&self, record: &Record<'_>, ctx: &mut MapContext<'_>) {
+            ctx.emit(record.data, b"");
+        }
+        fn partition(&self, _key: &[u8], reducers: u32) -> u32 {
+            reducers
+        }
+        fn reduce(&self, _: &[u8], _: &mut dyn Iterator<Item = &[u8]>, _: &mut ReduceContext<'_>) {}
+    }
+
+    #[test]
+    fn a_partition_out_of_range_fails_the_map_naming_the_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "alpha\nbeta\n").expect("write input");
+        let inputs = crate::input::expand_inputs(&[path]).expect("inputs");
+        let split = Split::single(0, 0, 11);
+        let io = IoService::std();
+        let env = MapEnv {
+            io: &io,
+            work_dir: dir.path(),
+            reducers: 3,
+            memory: 1 << 20,
+        };
+        let err = run_map(
+            &BadPartition,
+            &inputs,
+            &split,
+            "m",
+            &env,
+            &TaskControl::default(),
+        )
+        .expect_err("an out-of-range partition must fail the map");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bad_partition") && msg.contains("returned 3") && msg.contains("0..3"),
+            "{msg}"
         );
     }
 

@@ -4,17 +4,21 @@
 //! OUT/                       must be absent or empty when the job starts
 //!   _temporary/              everything in flight; removed at job commit or abort
 //!     work/                  map runs (intermediate data)
-//!     part-00003.a1.tmp      an attempt writing partition 3
-//!     part-00003             partition 3, committed by exactly one attempt
+//!     part-00003.a17.tmp     attempt 17 writing partition 3
+//!     part-00003.a17         attempt 17's finished output for partition 3
+//!     part-00003.a21         a backup's finished output for the same partition
 //!   part-00000 ...           moved here at job commit, then fsync(OUT)
 //!   _SUCCESS                 written last: the output is complete
 //! ```
 //!
-//! Task commit is `link(attempt, _temporary/part-N)` then unlink of the attempt file:
-//! `link` refuses to replace an existing file, so the first attempt to commit wins and a
-//! late loser can never overwrite or duplicate a part. Job commit renames each part into
-//! place and writes `_SUCCESS` last; a failed job removes every file it made, so no
-//! `part-*` file can be mistaken for output.
+//! One arbiter decides which attempt's output counts: the scheduler, which commits the
+//! first attempt to report success and journals that choice. Attempts never race on the
+//! disk: each finishes by renaming its own `.tmp` file to its own finished name
+//! ([`OutputDir::finish_attempt`]), and job commit ([`OutputDir::commit_job`]) renames the
+//! chosen attempt's file of each partition into place, so the output, the journal, the
+//! counters and the report always describe the same attempt. `_SUCCESS` is written last;
+//! the other attempts' files go with `_temporary`, and a failed job removes every file it
+//! made, so no `part-*` file can be mistaken for output.
 
 use std::path::{Path, PathBuf};
 
@@ -91,30 +95,32 @@ impl OutputDir {
         self.temp.join("work")
     }
 
-    /// Where attempt `attempt` of partition `part` writes before committing.
-    pub fn attempt_file(&self, part: usize, attempt: u32) -> PathBuf {
+    /// Where attempt `attempt` of partition `part` writes.
+    pub fn attempt_file(&self, part: usize, attempt: u64) -> PathBuf {
         self.temp
             .join(format!("{}.a{attempt}.tmp", part_name(part)))
     }
 
-    /// Commits an attempt's file as partition `part`. Returns false (and discards the file)
-    /// if another attempt already committed that partition.
-    pub fn commit_task(&self, attempt_file: &Path, part: usize) -> Result<bool> {
-        let committed = self.temp.join(part_name(part));
-        let won = match std::fs::hard_link(attempt_file, &committed) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(Error::io(&committed, e)),
-        };
-        std::fs::remove_file(attempt_file).map_err(|e| Error::io(attempt_file, e))?;
-        Ok(won)
+    /// Attempt `attempt`'s finished output for partition `part`.
+    fn finished_file(&self, part: usize, attempt: u64) -> PathBuf {
+        self.temp.join(format!("{}.a{attempt}", part_name(part)))
     }
 
-    /// Moves all `parts` committed partitions into place, then writes `_SUCCESS`.
-    pub fn commit_job(&self, parts: usize) -> Result<Vec<PathBuf>> {
-        let mut out = Vec::with_capacity(parts);
-        for part in 0..parts {
-            let from = self.temp.join(part_name(part));
+    /// Marks attempt `attempt`'s file for partition `part` (written at
+    /// [`OutputDir::attempt_file`]) finished, with one rename; job commit moves it into
+    /// place if the scheduler chose this attempt.
+    pub fn finish_attempt(&self, part: usize, attempt: u64) -> Result<()> {
+        let from = self.attempt_file(part, attempt);
+        let to = self.finished_file(part, attempt);
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&from, e))
+    }
+
+    /// Moves the finished file of attempt `winners[p]` of each partition `p` into place,
+    /// then writes `_SUCCESS`. Safe to repeat after a crash part-way through.
+    pub fn commit_job(&self, winners: &[u64]) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::with_capacity(winners.len());
+        for (part, &attempt) in winners.iter().enumerate() {
+            let from = self.finished_file(part, attempt);
             let to = self.root.join(part_name(part));
             match std::fs::rename(&from, &to) {
                 Ok(()) => {}
@@ -130,7 +136,7 @@ impl OutputDir {
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&success, e))?;
         // A losing attempt may still be writing in `_temporary` (it was cancelled, not
-        // waited for): move the directory aside in one rename, so the loser's final `link`
+        // waited for): move the directory aside in one rename, so the loser's final rename
         // fails harmlessly, then delete it best-effort.
         let trash = self.root.join("_temporary.done");
         match std::fs::rename(&self.temp, &trash) {
@@ -171,24 +177,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_commit_wins_and_loser_is_discarded() {
+    fn the_chosen_attempt_is_committed_and_the_others_are_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let out = OutputDir::create(&dir.path().join("out")).unwrap();
-        let a = out.attempt_file(0, 0);
-        let b = out.attempt_file(0, 1);
-        std::fs::write(&a, b"winner").unwrap();
-        std::fs::write(&b, b"loser").unwrap();
-        assert!(out.commit_task(&a, 0).unwrap());
-        assert!(!out.commit_task(&b, 0).unwrap());
-        assert!(!b.exists());
-        let parts = out.commit_job(1).unwrap();
-        assert_eq!(std::fs::read(&parts[0]).unwrap(), b"winner");
+        // Attempt 1 finishes first on the disk; the scheduler chose attempt 1 << 40 (an id
+        // past u32, kept whole).
+        let (first, chosen) = (1, 1 << 40);
+        for (attempt, bytes) in [(first, &b"first on disk"[..]), (chosen, b"chosen")] {
+            std::fs::write(out.attempt_file(0, attempt), bytes).unwrap();
+            out.finish_attempt(0, attempt).unwrap();
+        }
+        // Partition 1 has one attempt, and a loser that never finished.
+        std::fs::write(out.attempt_file(1, 5), b"one").unwrap();
+        out.finish_attempt(1, 5).unwrap();
+        std::fs::write(out.attempt_file(1, 6), b"half").unwrap();
+        let parts = out.commit_job(&[chosen, 5]).unwrap();
+        assert_eq!(std::fs::read(&parts[0]).unwrap(), b"chosen");
+        assert_eq!(std::fs::read(&parts[1]).unwrap(), b"one");
         let mut names: Vec<_> = std::fs::read_dir(dir.path().join("out"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["_SUCCESS", "part-00000"]);
+        assert_eq!(names, ["_SUCCESS", "part-00000", "part-00001"]);
+        // A repeated commit (a resumed coordinator) finds the parts in place.
+        assert_eq!(out.commit_job(&[chosen, 5]).unwrap(), parts);
     }
 
     #[test]

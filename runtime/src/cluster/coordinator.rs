@@ -1061,12 +1061,22 @@ impl Coordinator {
         }
         let reply = match result {
             Ok(()) => {
-                let parts = if job.run.spec.reducers == 0 {
-                    job.run.spec.splits.len()
+                // The scheduler's choice of attempt for each part, as journaled.
+                let winners: Option<Vec<u64>> = if job.run.spec.reducers == 0 {
+                    (0..job.run.spec.splits.len() as u32)
+                        .map(|m| job.sched.committed_attempt(TaskId::map(m)).map(|a| a.0))
+                        .collect()
                 } else {
-                    job.run.spec.reducers as usize
+                    (0..job.run.spec.reducers)
+                        .map(|r| job.sched.committed_attempt(TaskId::reduce(r)).map(|a| a.0))
+                        .collect()
                 };
-                match job.output.commit_job(parts) {
+                let committed = winners
+                    .ok_or_else(|| {
+                        crate::Error::JobFailed("a part has no committed attempt".to_string())
+                    })
+                    .and_then(|w| job.output.commit_job(&w));
+                match committed {
                     Ok(paths) => {
                         let (counters, skipped) = job.run.totals(&job.sched);
                         tracing::info!("job {} done in {wall:?}", job.run.id);

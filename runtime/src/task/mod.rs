@@ -76,10 +76,10 @@ pub fn map_task(
     control: &TaskControl,
 ) -> Result<(Vec<RunFile>, Counters)> {
     if env.reducers == 0 {
-        let tmp = out.attempt_file(index as usize, attempt as u32);
+        let tmp = out.attempt_file(index as usize, attempt);
         let counters = run_map_only(job, inputs, split, &tmp, env.io, control)
             .inspect_err(|_| remove_quietly(&tmp))?;
-        out.commit_task(&tmp, index as usize)?;
+        out.finish_attempt(index as usize, attempt)?;
         return Ok((Vec::new(), counters));
     }
     let map_env = MapEnv {
@@ -106,12 +106,12 @@ pub fn reduce_task(
     control: &TaskControl,
 ) -> Result<Counters> {
     let ready = input.finish(control)?;
-    let tmp = out.attempt_file(part as usize, attempt as u32);
+    let tmp = out.attempt_file(part as usize, attempt);
     let mut counters = reduce_to_file(job, &ready.segments, &tmp, io, control)
         .inspect_err(|_| remove_quietly(&tmp))?;
     counters.merge(&ready.counters);
     drop(ready);
-    out.commit_task(&tmp, part as usize)?;
+    out.finish_attempt(part as usize, attempt)?;
     Ok(counters)
 }
 
