@@ -89,7 +89,7 @@ PY
         files=$(cd "$dir" && find . -type f -not -path '*/.*' 2>/dev/null | wc -l)
         qt=(); rt=()
         for i in 1 2 3; do
-            t0=$(date +%s.%N); "$Q" grep -c -q 'the|wolf' "$dir" > "$W/q.out" || true; t1=$(date +%s.%N)
+            t0=$(date +%s.%N); "$Q" grep -c 'the|wolf' "$dir" > "$W/q.out" || true; t1=$(date +%s.%N)
             qt+=("$(echo "$t1 - $t0" | bc)")
             t0=$(date +%s.%N); rg -c --no-ignore --no-messages 'the|wolf' "$dir" > "$W/rg.out" || true; t1=$(date +%s.%N)
             rt+=("$(echo "$t1 - $t0" | bc)")

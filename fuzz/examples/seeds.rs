@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quern_jobs::registry::{names as job, GrepParams, JobDescriptor, Registry};
+use quern_jobs::grep::{GrepMode, GrepOptions, GrepParams};
+use quern_jobs::registry::{names as job, JobDescriptor, Registry};
 use quern_jobs::tera::{TeraGen, TeraSort, TeraValidate};
 use quern_jobs::text::{Index, WordCount};
 use quern_runtime::report::{self, hist, NamedHistogram, Report};
@@ -515,7 +516,13 @@ fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
                 job::GREP,
                 &GrepParams {
                     pattern: r"fo+\s(bar|baz)$".into(),
-                    count: true,
+                    mode: GrepMode::Count,
+                    options: GrepOptions {
+                        ignore_case: true,
+                        invert: false,
+                        word: true,
+                        fixed: false,
+                    },
                     names: vec!["a.txt".into()],
                 },
             )?,

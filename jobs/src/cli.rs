@@ -35,9 +35,9 @@ use quern_shuffle::wire::JobSpec;
 use quern_shuffle::Secret;
 
 use crate::gensort::RECORD_LEN;
-use crate::grep::Grep;
+use crate::grep::{Grep, GrepMode, GrepOptions, GrepParams};
 use crate::progress::Progress;
-use crate::registry::{names as job, GrepParams, JobDescriptor, Params, Registry};
+use crate::registry::{names as job, JobDescriptor, Params, Registry};
 use crate::tera::{self, TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
@@ -155,9 +155,13 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Print lines matching a regular expression, in input order.
+    /// Print lines matching a regular expression, in input order, as grep does. Directories
+    /// are searched recursively. Exit status 0 if a line was selected, 1 if none was.
+    /// `-q` prints nothing and only sets the exit status.
+    // `-v` is grep's --invert-match here: the job's logging is `--verbose` only.
+    #[command(mut_arg("verbose", |a| a.short(None)))]
     Grep {
-        /// Pattern (Rust regex syntax).
+        /// Pattern (Rust regex syntax; a literal string with -F).
         pattern: String,
         /// Input files or directories.
         #[arg(required = true)]
@@ -165,9 +169,27 @@ enum Command {
         /// Write part files here instead of printing.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
-        /// Print the number of matching lines per file.
-        #[arg(long, short = 'c')]
+        /// Print the number of selected lines per file.
+        #[arg(long, short = 'c', conflicts_with = "files_with_matches")]
         count: bool,
+        /// Print only the names of the files with a selected line.
+        #[arg(long, short = 'l')]
+        files_with_matches: bool,
+        /// Ignore case (Unicode simple case folding, as grep in a UTF-8 locale).
+        #[arg(long, short = 'i')]
+        ignore_case: bool,
+        /// Select the lines that do not match.
+        #[arg(long, short = 'v')]
+        invert_match: bool,
+        /// Match whole words only (word characters: ASCII letters, digits and `_`).
+        #[arg(long, short = 'w')]
+        word_regexp: bool,
+        /// The pattern is a literal string, not a regex.
+        #[arg(long, short = 'F')]
+        fixed_strings: bool,
+        /// Print progress bars and the job summary on stderr (off for grep by default).
+        #[arg(long)]
+        stats: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -957,25 +979,46 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             inputs,
             output,
             count,
-            run,
+            files_with_matches,
+            ignore_case,
+            invert_match,
+            word_regexp,
+            fixed_strings,
+            stats,
+            mut run,
         } => {
             init_logging(run.verbose);
+            // grep's manners: -q is its quiet mode (exit status only), and no statistics
+            // on stderr unless --stats.
+            let mode = match (run.quiet, files_with_matches, count) {
+                (true, _, _) => GrepMode::Quiet,
+                (_, true, _) => GrepMode::Files,
+                (_, _, true) => GrepMode::Count,
+                _ => GrepMode::Lines,
+            };
+            run.quiet = run.quiet || !stats;
             let files = run.expand(&inputs)?;
-            // An invalid regex fails before anything runs.
-            Grep::new(&pattern, count, Vec::new()).map_err(Error::Usage)?;
             let params = GrepParams {
                 pattern,
-                count,
+                mode,
+                options: GrepOptions {
+                    ignore_case,
+                    invert: invert_match,
+                    word: word_regexp,
+                    fixed: fixed_strings,
+                },
                 names: names(&files),
             };
+            // An invalid regex fails before anything runs.
+            Grep::new(params.clone()).map_err(Error::Usage)?;
             let plan = plan(InputFormat::Lines, files, run.split_size)?;
             let reducers = run.fixed_reducers(
                 "grep",
-                u32::from(count),
+                Grep::reducers(mode),
                 "its output keeps input order (and directories are always searched recursively)",
             )?;
             let job = Prepared::new(registry, job::GREP, &params, plan, reducers)?;
-            let printing = output.is_none();
+            let printing = output.is_none() && mode != GrepMode::Quiet;
             let (report, _scratch) = run_to(&run, registry, job, output)?;
             summary(&run, "grep", &report)?;
             if printing {

@@ -37,6 +37,7 @@ use quern_shuffle::wire::{decode_msg, encode_msg};
 use rkyv::rancor::BoxedError;
 
 use crate::grep::Grep;
+pub use crate::grep::GrepParams;
 use crate::tera::{TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
@@ -182,17 +183,6 @@ pub mod names {
     pub const INDEX: &str = "index";
 }
 
-/// [`Grep`]'s parameters (the job itself holds the compiled regex).
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct GrepParams {
-    /// Pattern (Rust regex syntax).
-    pub pattern: String,
-    /// Count matching lines per file instead of printing them.
-    pub count: bool,
-    /// Input names, by input index.
-    pub names: Vec<String>,
-}
-
 impl Registry {
     /// A registry without any job.
     pub fn new() -> Registry {
@@ -210,7 +200,7 @@ impl Registry {
                 Ok(Arc::new(j) as Arc<dyn Job>)
             })
             .register(names::GREP, |p: GrepParams| {
-                Ok(Arc::new(Grep::new(&p.pattern, p.count, p.names)?) as Arc<dyn Job>)
+                Ok(Arc::new(Grep::new(p)?) as Arc<dyn Job>)
             })
             .register(names::WC, |j: WordCount| Ok(Arc::new(j) as Arc<dyn Job>))
             .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>));
@@ -325,7 +315,8 @@ mod tests {
                 names::GREP,
                 &GrepParams {
                     pattern: "a+".into(),
-                    count: true,
+                    mode: crate::grep::GrepMode::Count,
+                    options: crate::grep::GrepOptions::default(),
                     names: vec!["x".into()],
                 },
             )
@@ -361,7 +352,8 @@ mod tests {
                 names::GREP,
                 &GrepParams {
                     pattern: "a(".into(),
-                    count: false,
+                    mode: crate::grep::GrepMode::Lines,
+                    options: crate::grep::GrepOptions::default(),
                     names: vec![],
                 },
             )

@@ -249,7 +249,7 @@ fn teravalidate_on_local_clusters_equals_sequential() {
 #[test]
 fn grep_on_local_clusters_equals_sequential() {
     let args = [
-        s(&["grep", r"(?i)\b(wolf|king|ernest)\b|Gregor|^$"]),
+        s(&["grep", "--stats", r"(?i)\b(wolf|king|ernest)\b|Gregor|^$"]),
         book_args(),
     ]
     .concat();
@@ -263,7 +263,7 @@ fn grep_on_local_clusters_equals_sequential() {
 
 #[test]
 fn grep_count_on_local_clusters_equals_sequential() {
-    let args = [s(&["grep", "-c", "(?i)the"]), book_args()].concat();
+    let args = [s(&["grep", "--stats", "-c", "(?i)the"]), book_args()].concat();
     let out = check_on_local_clusters("grep -c", &args, 7);
     assert_eq!(out.len(), 1, "grep -c has one reducer");
     let stdout = check_printing_on_local_clusters(&args, 0);

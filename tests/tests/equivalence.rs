@@ -246,7 +246,7 @@ fn index_parallel_equals_sequential() {
 
 #[test]
 fn grep_one_file_parallel_equals_sequential() {
-    let mut args = strings(&["grep", r"(?i)\b(wolf|king)\b"]);
+    let mut args = strings(&["grep", "--stats", r"(?i)\b(wolf|king)\b"]);
     args.extend(book_args(&["pg-grimm.txt"]));
     let out = check_map_only_job("grep one file", &args, 5);
     assert!(out.values().any(|b| !b.is_empty()));
@@ -254,7 +254,7 @@ fn grep_one_file_parallel_equals_sequential() {
 
 #[test]
 fn grep_several_files_parallel_equals_sequential() {
-    let mut args = strings(&["grep", "Holmes|Gregor|monster|^$"]);
+    let mut args = strings(&["grep", "--stats", "Holmes|Gregor|monster|^$"]);
     args.extend(book_args(&[
         "pg-frankenstein.txt",
         "pg-metamorphosis.txt",
@@ -265,12 +265,12 @@ fn grep_several_files_parallel_equals_sequential() {
 
 #[test]
 fn grep_count_parallel_equals_sequential() {
-    let mut one = strings(&["grep", "-c", "(?i)monster"]);
+    let mut one = strings(&["grep", "--stats", "-c", "(?i)monster"]);
     one.extend(book_args(&["pg-frankenstein.txt"]));
     let out = check_map_only_job("grep -c one file", &one, 5);
     assert_eq!(out.len(), 1, "grep -c has one reducer");
 
-    let mut several = strings(&["grep", "-c", "(?i)monster"]);
+    let mut several = strings(&["grep", "--stats", "-c", "(?i)monster"]);
     several.extend(books().iter().map(|b| p(b)));
     check_map_only_job("grep -c several files", &several, 20);
 }

@@ -822,7 +822,14 @@ fn backups_commit_once() {
         // Map-only: every map attempt commits its own part file.
         (
             "grep",
-            s(&["grep", "(?i)the", &p(&text), "--split-size", "1MiB"]),
+            s(&[
+                "grep",
+                "--stats",
+                "(?i)the",
+                &p(&text),
+                "--split-size",
+                "1MiB",
+            ]),
         ),
     ];
     for (name, args) in &jobs {
@@ -890,7 +897,14 @@ fn consecutive_jobs_keep_their_attempts_apart() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let text = corpus_copies(dir.path(), "text", 4, 1);
-    let args = s(&["grep", "(?i)the", &p(&text), "--split-size", "1MiB"]);
+    let args = s(&[
+        "grep",
+        "--stats",
+        "(?i)the",
+        &p(&text),
+        "--split-size",
+        "1MiB",
+    ]);
     let reference = sequential("grep", &args, dir.path());
     let cluster = HandCluster::start(dir.path(), "consecutive", &[Some(SLOWEST), None, None], &[]);
     for run in 0..10u64 {

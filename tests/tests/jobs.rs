@@ -501,12 +501,7 @@ fn grep_lines(pattern: &str, files: &[PathBuf]) -> (Vec<u8>, Vec<u64>) {
 }
 
 fn grep_args(flags: &[&str], pattern: &str, files: &[PathBuf]) -> Vec<String> {
-    let mut args = vec![
-        "grep".to_string(),
-        "-q".into(),
-        "--split-size".into(),
-        "64KiB".into(),
-    ];
+    let mut args = vec!["grep".to_string(), "--split-size".into(), "64KiB".into()];
     args.extend(flags.iter().map(|f| f.to_string()));
     args.push(pattern.to_string());
     args.extend(files.iter().map(|f| p(f)));
@@ -573,14 +568,73 @@ fn grep_last_line_without_newline_and_directory_input() {
     std::fs::write(d.join("b"), "foo\nbar\nbar foo").expect("write");
     std::fs::write(d.join("a"), "xfoo\n").expect("write");
     std::fs::write(d.join("_SUCCESS"), "foo\n").expect("write");
-    let o = run(["grep", "-q", "foo", &p(&d)]);
+    let o = run(["grep", "foo", &p(&d)]);
     o.ok();
     let (a, b) = (p(&d.join("a")), p(&d.join("b")));
     assert_eq!(o.stdout_str(), format!("{a}:xfoo\n{b}:foo\n{b}:bar foo\n"));
 
-    let one = run(["grep", "-q", "foo$", &p(&d.join("b"))]);
+    let one = run(["grep", "foo$", &p(&d.join("b"))]);
     one.ok();
     assert_eq!(one.stdout_str(), "foo\nbar foo\n");
+}
+
+/// grep's options mean what they mean to GNU grep (`LC_ALL=C grep`, the peer): the same
+/// stdout and exit status, on one file and on several (names prefixed), with small splits
+/// so that every file spans several map tasks.
+#[test]
+fn grep_options_match_gnu_grep() {
+    let files = [
+        book("pg-metamorphosis.txt"),
+        book("pg-being_ernest.txt"),
+        book("pg-frankenstein.txt"),
+    ];
+    let cases: [&[&str]; 12] = [
+        &["-i", "gregor"],
+        &["-v", "e"],
+        &["-c", "-v", "the"],
+        &["-w", "the"],
+        &["-w", "-i", "-c", "the"],
+        &["-F", "a.b"],
+        &["-F", "-c", "(I"],
+        &["-l", "Gregor"],
+        &["-l", "-i", "-v", "."],
+        &["-c", "monster"],
+        &["-q", "Gregor"],
+        &["-q", "zzqqxx"],
+    ];
+    for flags in cases {
+        for names in [&files[..1], &files[..]] {
+            let paths: Vec<String> = names.iter().map(|f| p(f)).collect();
+            let mut args = vec!["grep".to_string(), "--split-size".into(), "32KiB".into()];
+            args.extend(flags.iter().map(|f| f.to_string()));
+            args.extend(paths.iter().cloned());
+            let ours = run(&args);
+            let gnu = std::process::Command::new("grep")
+                .args(flags)
+                .args(&paths)
+                .env("LC_ALL", "C")
+                .output()
+                .expect("GNU grep runs");
+            let what = format!("grep {} on {} files", flags.join(" "), names.len());
+            assert_eq!(
+                ours.code,
+                gnu.status.code().unwrap_or(-1),
+                "{what}: exit status\n{}",
+                ours.stderr
+            );
+            assert!(
+                ours.stdout == gnu.stdout,
+                "{what}: {} bytes of stdout, GNU grep printed {}",
+                ours.stdout.len(),
+                gnu.stdout.len()
+            );
+            assert!(
+                ours.stderr.is_empty(),
+                "{what}: no statistics without --stats: {}",
+                ours.stderr
+            );
+        }
+    }
 }
 
 #[test]
@@ -672,7 +726,12 @@ fn many_small_files_are_packed_into_splits_and_keep_their_names() {
         .collect();
     for mode in [None, Some("--sequential")] {
         let args = |count: bool| {
-            let mut a = vec!["grep".to_string(), "--split-size".into(), split.to_string()];
+            let mut a = vec![
+                "grep".to_string(),
+                "--stats".into(),
+                "--split-size".into(),
+                split.to_string(),
+            ];
             a.extend(count.then(|| "-c".to_string()));
             a.extend([pattern.to_string(), p(&root)]);
             a.extend(mode.map(str::to_string));
