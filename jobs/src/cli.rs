@@ -22,7 +22,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use quern_runtime::cluster::{
     self,
     coordinator::CoordinatorConfig,
-    launch::{LocalCluster, MAX_COORDINATOR_RESTARTS},
+    launch::{Greeting, LocalCluster, MAX_COORDINATOR_RESTARTS},
     worker::WorkerConfig,
 };
 use quern_runtime::input::{expand_inputs_with, plan_row_splits, rows_input, Walk};
@@ -818,8 +818,11 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 },
                 resume,
                 |addr, status| {
-                    println!("quern coordinator listening on {addr}");
-                    println!("quern coordinator status page at {status}");
+                    let greeting = Greeting {
+                        addr,
+                        status_url: status.to_string(),
+                    };
+                    print!("{}", greeting.render());
                     let _ = std::io::stdout().flush();
                 },
             )?;
@@ -1141,5 +1144,58 @@ impl ScratchDir {
 
     fn output(&self) -> PathBuf {
         self.0.path().join("out")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quern_runtime::cluster::launch::{coordinator_args, worker_args};
+
+    fn parse(args: Vec<std::ffi::OsString>) -> Command {
+        let argv = std::iter::once("quern".into()).chain(args);
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("the local cluster's command line does not parse: {e}"))
+            .command
+    }
+
+    /// The local cluster renders its daemons' command lines in `launch.rs`; this is the
+    /// parser they must agree with.
+    #[test]
+    fn the_local_clusters_daemon_command_lines_parse() {
+        let secret = Path::new("/run/secret");
+        match parse(coordinator_args("127.0.0.1:0", secret)) {
+            Command::Coordinator {
+                listen,
+                secret_file,
+                daemon,
+                resume: None,
+                ..
+            } => {
+                assert_eq!(listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+                assert_eq!(secret_file, secret);
+                assert!(daemon.exit_with_parent);
+            }
+            other => panic!("not a coordinator: {other:?}"),
+        }
+        let addr: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        let work = Path::new("/tmp/w 1");
+        match parse(worker_args(addr, 3, secret, work)) {
+            Command::Worker {
+                join,
+                secret_file,
+                slots,
+                work_dir,
+                daemon,
+                ..
+            } => {
+                assert_eq!(join, addr);
+                assert_eq!(secret_file, secret);
+                assert_eq!(slots, Some(3));
+                assert_eq!(work_dir.as_deref(), Some(work));
+                assert!(daemon.exit_with_parent);
+            }
+            other => panic!("not a worker: {other:?}"),
+        }
     }
 }

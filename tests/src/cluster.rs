@@ -313,12 +313,8 @@ pub fn coordinator_addr(coordinator: &Proc) -> SocketAddr {
         START_TIMEOUT,
         |out| out.split_once('\n').map(|(first, _)| first.to_string()),
     );
-    let addr = line
-        .strip_prefix("quern coordinator listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line of the coordinator: {line:?}"));
-    addr.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+    quern_runtime::cluster::launch::Greeting::parse_listening(&line)
+        .unwrap_or_else(|e| panic!("the coordinator's first line: {e}"))
 }
 
 /// The data addresses of the workers a coordinator started with `-v` logged as joined

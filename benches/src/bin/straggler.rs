@@ -146,10 +146,8 @@ impl Cluster {
                 .map_err(|_| format!("the coordinator did not report {what} within 30 s"))
         };
         let first = next("its address")?;
-        cluster.addr = first
-            .strip_prefix("quern coordinator listening on ")
-            .ok_or_else(|| format!("unexpected coordinator greeting {first:?}"))?
-            .trim()
+        cluster.addr = quern_runtime::cluster::launch::Greeting::parse_listening(&first)
+            .map_err(|e| e.to_string())?
             .to_string();
         for i in 0..workers {
             let mut cmd = Command::new(quern);

@@ -28,6 +28,84 @@ pub const MAX_RESPAWNS: u32 = 16;
 /// Coordinator restarts allowed per cluster (see [`LocalCluster::restart_coordinator`]).
 pub const MAX_COORDINATOR_RESTARTS: u32 = 3;
 
+/// The coordinator's greeting: its first two lines on stdout, rendered by the `coordinator`
+/// command and parsed by whoever started it (the local cluster, scripts, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// Where it listens (QUIC).
+    pub addr: SocketAddr,
+    /// Its status page, `http://HOST:PORT/`.
+    pub status_url: String,
+}
+
+impl Greeting {
+    const LISTENING: &'static str = "quern coordinator listening on ";
+    const STATUS: &'static str = "quern coordinator status page at ";
+
+    /// The two lines, each ending in `\n`.
+    pub fn render(&self) -> String {
+        format!(
+            "{}{}\n{}{}\n",
+            Self::LISTENING,
+            self.addr,
+            Self::STATUS,
+            self.status_url
+        )
+    }
+
+    /// The address of the first line, `quern coordinator listening on ADDR`.
+    pub fn parse_listening(line: &str) -> Result<SocketAddr> {
+        line.trim_end()
+            .strip_prefix(Self::LISTENING)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {line:?}")))
+    }
+
+    /// The URL of the second line, `quern coordinator status page at URL`.
+    pub fn parse_status(line: &str) -> Result<String> {
+        line.trim_end()
+            .strip_prefix(Self::STATUS)
+            .filter(|u| u.starts_with("http://"))
+            .map(str::to_string)
+            .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {line:?}")))
+    }
+}
+
+/// The command line of a local cluster's coordinator (after the executable): the only
+/// place it is rendered; `jobs/src/cli.rs` parses it, and its tests check that it does.
+pub fn coordinator_args(listen: &str, secret_file: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> =
+        ["coordinator", "--listen", listen, "--exit-with-parent"]
+            .map(Into::into)
+            .into();
+    args.push("--secret-file".into());
+    args.push(secret_file.into());
+    args
+}
+
+/// The command line of a local cluster's worker (after the executable), as
+/// [`coordinator_args`] is for the coordinator.
+pub fn worker_args(
+    coordinator: SocketAddr,
+    slots: u32,
+    secret_file: &Path,
+    work_dir: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "worker".to_string(),
+        "--exit-with-parent".into(),
+        "--join".into(),
+        coordinator.to_string(),
+        "--slots".into(),
+        slots.to_string(),
+    ]
+    .map(Into::into)
+    .into();
+    args.extend(["--secret-file".into(), secret_file.into()]);
+    args.extend(["--work-dir".into(), work_dir.into()]);
+    args
+}
+
 /// A running local cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -58,17 +136,12 @@ impl WorkerCommand {
     fn spawn(&self, i: usize, generation: u32) -> Result<Child> {
         let work_dir = self.dir.join(format!("worker-{i}-{generation}"));
         Command::new(&self.exe)
-            .args([
-                "worker",
-                "--exit-with-parent",
-                "--join",
-                &self.addr.to_string(),
-            ])
-            .args(["--slots", &self.slots.to_string()])
-            .arg("--secret-file")
-            .arg(&self.secret_file)
-            .arg("--work-dir")
-            .arg(&work_dir)
+            .args(worker_args(
+                self.addr,
+                self.slots,
+                &self.secret_file,
+                &work_dir,
+            ))
             .stdin(Stdio::piped())
             .spawn()
             .map_err(|e| Error::io(&self.exe, e))
@@ -266,20 +339,13 @@ fn spawn_coordinator(
     secret_file: &Path,
 ) -> Result<(Child, SocketAddr, String)> {
     let mut coordinator = Command::new(exe)
-        .args([
-            "coordinator",
-            "--listen",
-            listen,
-            "--exit-with-parent",
-            "--secret-file",
-        ])
-        .arg(secret_file)
+        .args(coordinator_args(listen, secret_file))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| Error::io(exe, e))?;
-    match read_address(&mut coordinator) {
-        Ok((addr, url)) => Ok((coordinator, addr, url)),
+    match read_greeting(&mut coordinator) {
+        Ok(g) => Ok((coordinator, g.addr, g.status_url)),
         Err(e) => {
             let _ = coordinator.kill();
             let _ = coordinator.wait();
@@ -288,9 +354,8 @@ fn spawn_coordinator(
     }
 }
 
-/// Reads the coordinator's greeting, waiting at most 10 s: its "listening on ADDR" line and
-/// its "status page at URL" line.
-fn read_address(child: &mut Child) -> Result<(SocketAddr, String)> {
+/// Reads the coordinator's greeting, waiting at most 10 s.
+fn read_greeting(child: &mut Child) -> Result<Greeting> {
     let stdout = child
         .stdout
         .take()
@@ -307,12 +372,34 @@ fn read_address(child: &mut Child) -> Result<(SocketAddr, String)> {
     let [listen, status] = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| Error::Net("the coordinator did not start within 10 s".into()))?;
-    let last_word = |line: &str| line.trim().rsplit(' ').next().map(str::to_string);
-    let addr = last_word(&listen)
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {listen:?}")))?;
-    let url = last_word(&status)
-        .filter(|u| u.starts_with("http://"))
-        .ok_or_else(|| Error::Net(format!("unexpected coordinator greeting {status:?}")))?;
-    Ok((addr, url))
+    Ok(Greeting {
+        addr: Greeting::parse_listening(&listen)?,
+        status_url: Greeting::parse_status(&status)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_greeting_parses_back() {
+        let g = Greeting {
+            addr: "127.0.0.1:7070".parse().unwrap(),
+            status_url: "http://127.0.0.1:8080/".into(),
+        };
+        let text = g.render();
+        let mut lines = text.lines();
+        let addr = Greeting::parse_listening(lines.next().unwrap()).unwrap();
+        let url = Greeting::parse_status(lines.next().unwrap()).unwrap();
+        assert_eq!(
+            Greeting {
+                addr,
+                status_url: url
+            },
+            g
+        );
+        assert!(Greeting::parse_listening("listening on 1.2.3.4:5").is_err());
+        assert!(Greeting::parse_status("quern coordinator status page at ftp://x").is_err());
+    }
 }
