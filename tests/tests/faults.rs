@@ -265,6 +265,8 @@ fn worker_children(parent: u32) -> Vec<u32> {
 /// A coordinator (`-v`) and workers of one slot each, started by hand, each worker with its
 /// own `QUERN_FAULT` (or none); everything is killed and reaped on drop.
 struct HandCluster {
+    /// The binary every process runs (and that runs the jobs).
+    bin: PathBuf,
     addr: SocketAddr,
     secret: PathBuf,
     coordinator: Proc,
@@ -275,6 +277,17 @@ impl HandCluster {
     /// Starts a coordinator with `coordinator_args` and one worker per entry of `faults`,
     /// in `dir/name`; waits until every worker joined.
     fn start(
+        dir: &Path,
+        name: &str,
+        faults: &[Option<&str>],
+        coordinator_args: &[&str],
+    ) -> HandCluster {
+        HandCluster::start_bin(quern(), dir, name, faults, coordinator_args)
+    }
+
+    /// [`HandCluster::start`] with every process running `bin` (a user's quern binary).
+    fn start_bin(
+        bin: &Path,
         dir: &Path,
         name: &str,
         faults: &[Option<&str>],
@@ -295,7 +308,7 @@ impl HandCluster {
         ]);
         args.extend(s(coordinator_args));
         // Debug logs of the coordinator name every assignment: they explain a failure.
-        let mut cmd = Command::new(quern());
+        let mut cmd = Command::new(bin);
         cmd.args(args).env(
             "QUERN_LOG",
             "info,quern_runtime::cluster::coordinator=debug",
@@ -306,7 +319,7 @@ impl HandCluster {
         // ties by lowest id, so worker 0 gets the first task of every job).
         let mut workers: Vec<Proc> = Vec::new();
         for (i, fault) in faults.iter().enumerate() {
-            let mut cmd = Command::new(quern());
+            let mut cmd = Command::new(bin);
             cmd.args(s(&[
                 "worker",
                 "--join",
@@ -328,6 +341,7 @@ impl HandCluster {
             wait_joined(&coordinator, &workers, i + 1);
         }
         HandCluster {
+            bin: bin.to_path_buf(),
             addr,
             secret,
             coordinator,
@@ -382,7 +396,11 @@ impl HandCluster {
     /// Runs `args -o out` on this cluster and returns the outcome and the wall time.
     fn run(&self, args: &[String], out: &Path) -> (Outcome, Duration) {
         let start = Instant::now();
-        let o = run_quern([args.to_vec(), self.args(), s(&["-o"]), vec![p(out)]].concat());
+        let full = [args.to_vec(), self.args(), s(&["-o"]), vec![p(out)]].concat();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&full);
+        let o = Proc::spawn(format!("{} {}", self.bin.display(), full.join(" ")), cmd)
+            .finish(JOB_TIMEOUT);
         (o, start.elapsed())
     }
 }
@@ -889,6 +907,146 @@ fn backups_commit_once() {
 /// attempt when the old one ends: the new one's progress is no longer reported, and
 /// speculation cannot back it up.
 ///
+/// A job whose output depends on the process that ran each task (`jobs/examples/
+/// nondeterministic.rs`), with a straggler whose maps are backed up: the part files, the
+/// counters, the report and the journal name the same winning attempt of every task.
+#[test]
+fn a_nondeterministic_job_commits_the_same_attempt_everywhere() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One file: every split is one chunk, so one output line per map task.
+    let text = corpus_copies(dir.path(), "text", 1, 4);
+    let bin = quern_tests::example("nondeterministic");
+    let cluster = HandCluster::start_bin(
+        &bin,
+        dir.path(),
+        "nondet",
+        &[Some(SLOWEST), None, None],
+        &[],
+    );
+    let (out, report_dir) = (dir.path().join("out"), dir.path().join("report"));
+    let args = s(&[
+        &p(&text),
+        "-r",
+        "2",
+        "--split-size",
+        "1MiB",
+        "--report",
+        &p(&report_dir),
+    ]);
+    let (o, _) = cluster.run(&args, &out);
+    o.ok();
+    let a = attempts(&o);
+    assert!(
+        a.launched >= 1 && a.won >= 1,
+        "the straggler's maps must be backed up, and a backup win: {a:?}\n{}",
+        cluster.scheduling_log()
+    );
+    assert_committed(&out, 2);
+
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(report_dir.join("report.json")).expect("read report.json"),
+    )
+    .expect("report.json parses");
+    let pid_of: BTreeMap<u64, u64> = report["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_u64().expect("id"),
+                w["pid"].as_u64().expect("pid"),
+            )
+        })
+        .collect();
+    // The committed attempt of each task, by phase: (attempt id, pid of its worker).
+    let mut committed: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
+    for at in report["attempts"].as_array().expect("attempts") {
+        if at["outcome"] == "committed" {
+            let key = (
+                at["phase"].as_str().expect("phase").to_string(),
+                at["task"].as_u64().expect("task"),
+            );
+            let pid = pid_of[&at["worker"].as_u64().expect("worker")];
+            let previous =
+                committed.insert(key.clone(), (at["attempt"].as_u64().expect("id"), pid));
+            assert!(previous.is_none(), "{key:?} committed twice in the report");
+        }
+    }
+
+    // The output: one line per map task, `KEY\tMAP_PID\tREDUCE_PID`; keys sort in split
+    // order, so the i-th key (over all parts) is map i's.
+    let mut lines: Vec<(String, u64, u64, u64)> = Vec::new();
+    for (part, bytes) in parts(&out) {
+        let r: u64 = part
+            .trim_start_matches("part-")
+            .parse()
+            .expect("part number");
+        for line in String::from_utf8(bytes).expect("utf-8").lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            lines.push((
+                f[0].to_string(),
+                f[1].parse().expect("pid"),
+                f[2].parse().expect("pid"),
+                r,
+            ));
+        }
+    }
+    lines.sort();
+    let maps = committed.keys().filter(|(phase, _)| phase == "map").count();
+    assert_eq!(lines.len(), maps, "one output line per map task");
+    let mut map_counts: BTreeMap<u64, u128> = BTreeMap::new();
+    let mut reduce_counts: BTreeMap<u64, u128> = BTreeMap::new();
+    for (i, (key, map_pid, reduce_pid, r)) in lines.iter().enumerate() {
+        let (_, want_map) = committed[&("map".to_string(), i as u64)];
+        assert_eq!(
+            *map_pid, want_map,
+            "{key}: written from the output of map {i}'s committed attempt"
+        );
+        let (_, want_reduce) = committed[&("reduce".to_string(), *r)];
+        assert_eq!(
+            *reduce_pid, want_reduce,
+            "{key}: part {r} is its committed reduce's"
+        );
+        *map_counts.entry(*map_pid).or_default() += 1;
+        *reduce_counts.entry(*reduce_pid).or_default() += 1;
+    }
+    // The counters count exactly the committed attempts.
+    let counters = report["counters"].as_object().expect("counters");
+    let counted = |phase: &str| -> BTreeMap<u64, u128> {
+        let prefix = format!("nondet.{phase}.pid.");
+        counters
+            .iter()
+            .filter_map(|(name, n)| {
+                let pid = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((pid, n.as_u64()? as u128))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    assert_eq!(counted("map"), map_counts, "map counters");
+    assert_eq!(counted("reduce"), reduce_counts, "reduce counters");
+
+    // The journal names the same attempts.
+    let journal = run_quern(s(&["journal", &p(&out.join("_journal"))]));
+    journal.ok();
+    let re = regex::Regex::new(r"committed (map|reduce) (\d+) attempt (\d+)").expect("regex");
+    let journaled: BTreeMap<(String, u64), u64> = re
+        .captures_iter(&journal.stdout_str())
+        .map(|c| {
+            (
+                (c[1].to_string(), c[2].parse().expect("task")),
+                c[3].parse().expect("id"),
+            )
+        })
+        .collect();
+    let reported: BTreeMap<(String, u64), u64> = committed
+        .iter()
+        .map(|(k, (attempt, _))| (k.clone(), *attempt))
+        .collect();
+    assert_eq!(journaled, reported, "journal and report");
+}
+
 /// Each of ten runs of the same map-only job (the straggler, `worker 1`, gets the same
 /// attempt number in every job) must back up the straggler's map. Whether a run hits the confusion depends on
 /// when the previous job's leftover attempt ends, so the pause between runs varies.
