@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use quern_jobs::registry::{JobCommand, Registry};
-use quern_runtime::{InputFormat, Job, MapContext, Record, ReduceContext};
+use quern_runtime::{for_each_distinct, InputFormat, Job, MapContext, Record, ReduceContext};
 
 /// The job. It has no parameters, so it is its own (empty) parameter type.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -60,17 +60,11 @@ impl Job for ReverseLinks {
         values: &mut dyn Iterator<Item = &[u8]>,
         emit: &mut dyn FnMut(&[u8]),
     ) {
-        let mut prev: Option<&[u8]> = None;
-        for v in values {
-            if prev != Some(v) {
-                emit(v);
-                prev = Some(v);
-            }
-        }
+        for_each_distinct(values, emit);
     }
 
     /// `TARGET<TAB>S1,S2,...`: the values arrive in bytewise order, so the distinct ones
-    /// are the ones unlike their predecessor.
+    /// come in order too.
     fn reduce(
         &self,
         key: &[u8],
@@ -78,18 +72,12 @@ impl Job for ReverseLinks {
         ctx: &mut ReduceContext<'_>,
     ) {
         ctx.write(key);
-        ctx.write(b"\t");
-        let mut prev: Option<&[u8]> = None;
-        for v in values {
-            if prev == Some(v) {
-                continue;
-            }
-            if prev.is_some() {
-                ctx.write(b",");
-            }
+        let mut sep: &[u8] = b"\t";
+        for_each_distinct(values, |v| {
+            ctx.write(sep);
             ctx.write(v);
-            prev = Some(v);
-        }
+            sep = b",";
+        });
         ctx.write(b"\n");
     }
 }

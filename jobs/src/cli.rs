@@ -134,16 +134,7 @@ enum Command {
         run: RunArgs,
     },
     /// Sort 100-byte records by their 10-byte key (total order across part files).
-    Terasort {
-        /// Input files or directories.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Output directory.
-        #[arg(long, short = 'o')]
-        output: PathBuf,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Terasort(JobCommandArgs),
     /// Check that a sorted directory is in order; count records and duplicate keys.
     Teravalidate {
         /// Directory (or files) to validate, in name order.
@@ -194,27 +185,9 @@ enum Command {
         run: RunArgs,
     },
     /// Count words (maximal runs of Unicode letters, case-sensitive).
-    Wc {
-        /// Input files or directories.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Output directory.
-        #[arg(long, short = 'o')]
-        output: PathBuf,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Wc(JobCommandArgs),
     /// Build an inverted index: `word N doc1,doc2,...`.
-    Index {
-        /// Input files or directories.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Output directory.
-        #[arg(long, short = 'o')]
-        output: PathBuf,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Index(JobCommandArgs),
     /// Run a coordinator: schedules submitted jobs on the workers that join it.
     Coordinator {
         /// Address to listen on (UDP), e.g. 0.0.0.0:7070.
@@ -280,8 +253,9 @@ enum Command {
     },
 }
 
-// The arguments of a job command added by `Registry::register_command` (a plain comment: a
-// doc comment would become every such command's `--help` text).
+// The arguments of a job command that reads inputs and writes an output directory: most
+// built-ins and every `Registry::register_command` job. (A plain comment: a doc comment
+// would become each such command's `--help` text.)
 #[derive(Debug, Args)]
 struct JobCommandArgs {
     /// Input files or directories.
@@ -925,11 +899,11 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             println!("Checksum: {:x}", report.counters.get(tera::CHECKSUM));
             Ok(Outcome::Ok)
         }
-        Command::Terasort {
+        Command::Terasort(JobCommandArgs {
             inputs,
             output,
             run,
-        } => {
+        }) => {
             init_logging(run.verbose);
             let reducers = run.reduce_tasks("terasort")?;
             let plan = plan(
@@ -1033,11 +1007,11 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 Outcome::Negative
             })
         }
-        Command::Wc {
+        Command::Wc(JobCommandArgs {
             inputs,
             output,
             run,
-        } => {
+        }) => {
             init_logging(run.verbose);
             let reducers = run.reduce_tasks("wc")?;
             let plan = plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?;
@@ -1046,11 +1020,11 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             summary(&run, "wc", &report)?;
             Ok(Outcome::Ok)
         }
-        Command::Index {
+        Command::Index(JobCommandArgs {
             inputs,
             output,
             run,
-        } => {
+        }) => {
             init_logging(run.verbose);
             let files = run.expand(&inputs)?;
             let reducers = run.reduce_tasks("index")?;

@@ -4,7 +4,7 @@
 //! everything else separates words, and words are case-sensitive. Bytes that are not valid
 //! UTF-8 are separators.
 
-use quern_runtime::{InputFormat, Job, MapContext, Record, ReduceContext};
+use quern_runtime::{for_each_distinct, InputFormat, Job, MapContext, Record, ReduceContext};
 use unicode_general_category::{get_general_category, GeneralCategory as G};
 
 /// True for Unicode letters (general category L*).
@@ -126,13 +126,7 @@ impl Job for Index {
         values: &mut dyn Iterator<Item = &[u8]>,
         emit: &mut dyn FnMut(&[u8]),
     ) {
-        let mut prev: Option<&[u8]> = None;
-        for v in values {
-            if prev != Some(v) {
-                emit(v);
-                prev = Some(v);
-            }
-        }
+        for_each_distinct(values, emit);
     }
 
     fn reduce(

@@ -444,7 +444,37 @@ pub trait Job: Send + Sync {
     );
 }
 
+/// Calls `f` with each of `values` that differs from the one before it. A key's values
+/// reach `combine` and `reduce` in bytewise order, so these are its distinct values (a
+/// combiner that drops repeats, or a reduce that lists them once each).
+pub fn for_each_distinct<'a>(
+    values: &mut dyn Iterator<Item = &'a [u8]>,
+    mut f: impl FnMut(&'a [u8]),
+) {
+    let mut prev: Option<&[u8]> = None;
+    for v in values {
+        if prev != Some(v) {
+            f(v);
+            prev = Some(v);
+        }
+    }
+}
+
 /// The default partitioner: xxh3-64 of the key modulo `reducers`.
 pub fn hash_partition(key: &[u8], reducers: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(key) % u64::from(reducers.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_each_distinct_drops_adjacent_repeats() {
+        let values: [&[u8]; 6] = [b"a", b"a", b"b", b"", b"", b"a"];
+        let mut seen = Vec::new();
+        for_each_distinct(&mut values.into_iter(), |v| seen.push(v));
+        assert_eq!(seen, [&b"a"[..], b"b", b"", b"a"]);
+        for_each_distinct(&mut std::iter::empty(), |_| panic!("no values"));
+    }
 }

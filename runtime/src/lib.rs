@@ -28,7 +28,7 @@ pub mod task;
 pub use error::{Error, Result};
 pub use input::{expand_inputs, Split};
 pub use job::{
-    hash_partition, Counters, InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Sink,
-    SplitInfo, TaskControl,
+    for_each_distinct, hash_partition, Counters, InputFile, InputFormat, Job, MapContext, Record,
+    ReduceContext, Sink, SplitInfo, TaskControl,
 };
 pub use local::{plan, run_job, run_planned, JobReport, LocalConfig, Plan};

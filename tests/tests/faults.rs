@@ -39,7 +39,9 @@ use quern_tests::cluster::{
     cluster_pids, coordinator_addr, new_secret, proc_stat, run_quern, signal, wait_joined, Proc,
     Stream, JOB_TIMEOUT,
 };
-use quern_tests::{assert_committed, book, books, entries, map_tasks, p, parts, quern, Outcome};
+use quern_tests::{
+    assert_committed, book, books, entries, map_tasks, p, parts, quern, Outcome, Rng,
+};
 
 /// At most this many workers are killed during one job (the local cluster respawns a dead
 /// worker at most 16 times).
@@ -68,25 +70,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
-}
-
-/// A small deterministic generator (splitmix64): the seeds of the crash test replay.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 /// The summary line `quern <job>: attempts: X map, Y reduce, F failed, L lost; backups: B

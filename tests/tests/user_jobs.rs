@@ -8,24 +8,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use quern_tests::cluster::{coordinator_addr, new_secret, wait_joined, Proc};
-use quern_tests::{assert_committed, concat_parts, example, p, parts, quern, run_program};
-
-/// Deterministic pseudo-random numbers (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use quern_tests::{assert_committed, concat_parts, example, p, parts, quern, run_program, Rng};
 
 /// Link files: `SOURCE TARGET` lines with skewed targets (a few pages most linked to),
 /// repeated links, tabs, runs of spaces and CRLF endings, and lines that are not links
@@ -36,14 +19,14 @@ fn link_files(dir: &Path) -> Vec<PathBuf> {
         .map(|f| {
             let mut text = String::new();
             for _ in 0..20_000 {
-                let source = format!("page{}", rng.below(5_000));
+                let source = format!("page{}", rng.range(0, 5_000));
                 // Skew: half the links go to 20 pages.
-                let target = if rng.below(2) == 0 {
-                    format!("page{}", rng.below(20))
+                let target = if rng.range(0, 2) == 0 {
+                    format!("page{}", rng.range(0, 20))
                 } else {
-                    format!("page{}", rng.below(5_000))
+                    format!("page{}", rng.range(0, 5_000))
                 };
-                let line = match rng.below(100) {
+                let line = match rng.range(0, 100) {
                     0 => String::new(),
                     1 => source.clone(),
                     2 => format!("{source} {target} extra"),
