@@ -360,11 +360,13 @@ pub fn main_with_default(registry: Registry, default: &str) -> ExitCode {
 
 fn main_from(registry: Registry, default: Option<&str>) -> ExitCode {
     let mut cli = Cli::command();
+    let mut added = std::collections::BTreeSet::new();
     for (name, command) in registry.commands() {
         if cli.find_subcommand(name).is_none() {
             let sub = JobCommandArgs::augment_args(clap::Command::new(name.to_string()))
                 .about(command.about.clone());
             cli = cli.subcommand(sub);
+            added.insert(name);
         }
     }
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -379,12 +381,10 @@ fn main_from(registry: Registry, default: Option<&str>) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match matches.subcommand() {
-        Some((name, sub)) if registry.command(name).is_some() && !is_builtin(name) => {
-            match JobCommandArgs::from_arg_matches(sub) {
-                Ok(args) => run_job_command(&registry, name, args),
-                Err(e) => return usage_error(e),
-            }
-        }
+        Some((name, sub)) if added.contains(name) => match JobCommandArgs::from_arg_matches(sub) {
+            Ok(args) => run_job_command(&registry, name, args),
+            Err(e) => return usage_error(e),
+        },
         _ => match Cli::from_arg_matches(&matches) {
             Ok(cli) => run(cli.command, &registry),
             Err(e) => return usage_error(e),
@@ -402,11 +402,6 @@ fn main_from(registry: Registry, default: Option<&str>) -> ExitCode {
             ExitCode::from(if e.is_user_error() { 2 } else { 1 })
         }
     }
-}
-
-/// Whether `name` is one of quern's own subcommands.
-fn is_builtin(name: &str) -> bool {
-    Cli::command().find_subcommand(name).is_some()
 }
 
 /// Prints a clap error (help and version go to stdout as usual) and gives the exit code.
@@ -455,10 +450,9 @@ fn run_job_command(
     let reducers = run.reducers(command.reducers.unwrap_or(default_threads() as u32));
     let plan = plan(command.input, run.expand(&inputs)?, run.split_size)?;
     let job = Prepared {
-        descriptor: JobDescriptor {
-            name: name.to_string(),
-            params: command.params(&plan.inputs).map_err(Error::Usage)?,
-        },
+        descriptor: registry
+            .command_descriptor(name, &plan.inputs)
+            .map_err(Error::Usage)?,
         plan,
         reducers,
     };

@@ -108,12 +108,12 @@ type Planner = Arc<dyn Fn(&[InputFile]) -> Result<Vec<u8>, String> + Send + Sync
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: BTreeMap<String, Builder>,
-    commands: BTreeMap<String, JobCommand>,
+    commands: BTreeMap<String, (JobCommand, Planner)>,
 }
 
 /// How a registered job is run from the command line: `NAME INPUT... --output DIR [common
 /// flags]` (see [`Registry::register_command`]).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct JobCommand {
     /// One line for `--help`.
     pub about: String,
@@ -122,17 +122,6 @@ pub struct JobCommand {
     /// Reduce tasks unless `--reducers` says otherwise: `None` is one per core, `Some(0)` a
     /// map-only job.
     pub reducers: Option<u32>,
-    params: Planner,
-}
-
-impl std::fmt::Debug for JobCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobCommand")
-            .field("about", &self.about)
-            .field("input", &self.input)
-            .field("reducers", &self.reducers)
-            .finish_non_exhaustive()
-    }
 }
 
 impl JobCommand {
@@ -142,7 +131,6 @@ impl JobCommand {
             about: about.to_string(),
             input,
             reducers: None,
-            params: Arc::new(|_| Err("no parameters".to_string())),
         }
     }
 
@@ -150,11 +138,6 @@ impl JobCommand {
     pub fn reducers(mut self, reducers: u32) -> JobCommand {
         self.reducers = Some(reducers);
         self
-    }
-
-    /// The job's encoded parameters for `inputs`, the files the command was given.
-    pub fn params(&self, inputs: &[InputFile]) -> Result<Vec<u8>, String> {
-        (self.params)(inputs)
     }
 }
 
@@ -227,23 +210,37 @@ impl Registry {
     pub fn register_command<P: Params + 'static>(
         &mut self,
         name: &str,
-        mut command: JobCommand,
+        command: JobCommand,
         params: impl Fn(&[InputFile]) -> P + Send + Sync + 'static,
         build: impl Fn(P) -> BuildResult + Send + Sync + 'static,
     ) -> &mut Registry {
-        command.params = Arc::new(move |inputs: &[InputFile]| params(inputs).encode());
-        self.commands.insert(name.to_string(), command);
+        let planner: Planner = Arc::new(move |inputs: &[InputFile]| params(inputs).encode());
+        self.commands.insert(name.to_string(), (command, planner));
         self.register(name, build)
     }
 
     /// The job commands, by name.
     pub fn commands(&self) -> impl Iterator<Item = (&str, &JobCommand)> {
-        self.commands.iter().map(|(n, c)| (n.as_str(), c))
+        self.commands.iter().map(|(n, (c, _))| (n.as_str(), c))
     }
 
     /// The job command `name`, if one is registered.
     pub fn command(&self, name: &str) -> Option<&JobCommand> {
-        self.commands.get(name)
+        self.commands.get(name).map(|(c, _)| c)
+    }
+
+    /// Names job command `name`'s job with the parameters its `params` function (see
+    /// [`Registry::register_command`]) computes for `inputs`, the files it was given.
+    pub fn command_descriptor(
+        &self,
+        name: &str,
+        inputs: &[InputFile],
+    ) -> Result<JobDescriptor, String> {
+        let (_, params) = self.commands.get(name).ok_or_else(|| self.unknown(name))?;
+        Ok(JobDescriptor {
+            name: name.to_string(),
+            params: params(inputs)?,
+        })
     }
 
     /// The registered names, in order.

@@ -10,6 +10,7 @@
 //! worker that crashes on start cannot loop forever. The coordinator re-runs the dead
 //! worker's tasks; the new process registers as a new worker.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,14 +74,15 @@ impl Greeting {
 
 /// The command line of a local cluster's coordinator (after the executable): the only
 /// place it is rendered; `jobs/src/cli.rs` parses it, and its tests check that it does.
-pub fn coordinator_args(listen: &str, secret_file: &Path) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> =
-        ["coordinator", "--listen", listen, "--exit-with-parent"]
-            .map(Into::into)
-            .into();
-    args.push("--secret-file".into());
-    args.push(secret_file.into());
-    args
+pub fn coordinator_args(listen: &str, secret_file: &Path) -> Vec<OsString> {
+    vec![
+        "coordinator".into(),
+        "--listen".into(),
+        listen.into(),
+        "--exit-with-parent".into(),
+        "--secret-file".into(),
+        secret_file.into(),
+    ]
 }
 
 /// The command line of a local cluster's worker (after the executable), as
@@ -90,20 +92,19 @@ pub fn worker_args(
     slots: u32,
     secret_file: &Path,
     work_dir: &Path,
-) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = [
-        "worker".to_string(),
+) -> Vec<OsString> {
+    vec![
+        "worker".into(),
         "--exit-with-parent".into(),
         "--join".into(),
-        coordinator.to_string(),
+        coordinator.to_string().into(),
         "--slots".into(),
-        slots.to_string(),
+        slots.to_string().into(),
+        "--secret-file".into(),
+        secret_file.into(),
+        "--work-dir".into(),
+        work_dir.into(),
     ]
-    .map(Into::into)
-    .into();
-    args.extend(["--secret-file".into(), secret_file.into()]);
-    args.extend(["--work-dir".into(), work_dir.into()]);
-    args
 }
 
 /// A running local cluster.
