@@ -38,6 +38,7 @@ use crate::gensort::RECORD_LEN;
 use crate::grep::{Grep, GrepMode, GrepOptions, GrepParams};
 use crate::progress::Progress;
 use crate::registry::{names as job, JobDescriptor, Params, Registry};
+use crate::stream::{Stream, StreamParams};
 use crate::tera::{self, TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
@@ -188,6 +189,45 @@ enum Command {
     Wc(JobCommandArgs),
     /// Build an inverted index: `word N doc1,doc2,...`.
     Index(JobCommandArgs),
+    /// Run any executables as mapper, combiner and reducer, with Hadoop Streaming's
+    /// contract: lines on stdin, `key<TAB>value` lines on stdout, `reporter:` lines on
+    /// stderr. Commands run through `/bin/sh -c` in a fresh directory per process.
+    Stream {
+        /// Input files or directories.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output directory (part files + _SUCCESS).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// The mapper command: gets input lines, writes `key<TAB>value` lines.
+        #[arg(long)]
+        mapper: String,
+        /// A combiner command, run on each spill's sorted map output.
+        #[arg(long)]
+        combiner: Option<String>,
+        /// The reducer command: gets `key<TAB>value` lines sorted by key, writes the output.
+        /// Default: the identity (the sorted lines); NONE: a map-only job.
+        #[arg(long)]
+        reducer: Option<String>,
+        /// Map output keys are the fields before the N-th separator.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        key_fields: u32,
+        /// The field separator of mapper and combiner output (`\t`: TAB).
+        #[arg(long, default_value = "\\t", value_name = "SEP")]
+        separator: String,
+        /// Extra environment for every process, NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// A file to link into every process's directory, e.g. the mapper's script
+        /// (repeatable).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Kill a process that reads, writes and reports nothing for this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        task_timeout: Duration,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Run a coordinator: schedules submitted jobs on the workers that join it.
     Coordinator {
         /// Address to listen on (UDP), e.g. 0.0.0.0:7070.
@@ -316,6 +356,13 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {s:?} (expected HOST:PORT): {e}"))?
         .next()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -470,11 +517,13 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
-/// Exits the process when standard input reaches end of file (the parent went away).
+/// Exits the process when standard input reaches end of file (the parent went away),
+/// killing the attempts' child processes first.
 fn exit_with_parent() {
     std::thread::spawn(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        quern_runtime::child::kill_all();
         std::process::exit(0);
     });
 }
@@ -1014,6 +1063,56 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             summary(&run, "wc", &report)?;
             Ok(Outcome::Ok)
         }
+        Command::Stream {
+            inputs,
+            output,
+            mapper,
+            combiner,
+            reducer,
+            key_fields,
+            separator,
+            env,
+            files,
+            task_timeout,
+            run,
+        } => {
+            init_logging(run.verbose);
+            let map_only = reducer.as_deref() == Some("NONE");
+            let reducers = match (map_only, run.reducers) {
+                (true, Some(r)) if r > 0 => {
+                    return Err(Error::Usage(format!(
+                        "--reducer NONE is a map-only job, but --reducers {r} was given"
+                    )))
+                }
+                (true, _) => 0,
+                (false, _) => run.reducers(default_threads() as u32),
+            };
+            let files = files
+                .iter()
+                .map(|f| {
+                    std::fs::canonicalize(f)
+                        .map(|p| p.display().to_string())
+                        .map_err(|e| Error::io(f, e))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let params = StreamParams {
+                mapper,
+                combiner,
+                reducer: reducer.filter(|_| !map_only),
+                map_only: reducers == 0,
+                key_fields,
+                separator: unescape(&separator).into_bytes(),
+                env,
+                files,
+                timeout_ms: u64::try_from(task_timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+            Stream::new(params.clone()).map_err(Error::Usage)?;
+            let plan = plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?;
+            let job = Prepared::new(registry, job::STREAM, &params, plan, reducers)?;
+            let report = run.execute(registry, job, &output)?;
+            summary(&run, "stream", &report)?;
+            Ok(Outcome::Ok)
+        }
         Command::Index(JobCommandArgs {
             inputs,
             output,
@@ -1054,6 +1153,26 @@ fn describe(record: &quern_scheduler::journal::Record) -> String {
             format!("job {job} reserved attempts below {}", below.0)
         }
     }
+}
+
+/// `\t`, `\n` and `\\` as the characters they name (a TAB is awkward on a command line).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(n @ ('t' | 'n' | '\\'))) => {
+                chars.next();
+                out.push(match n {
+                    't' => '\t',
+                    'n' => '\n',
+                    _ => '\\',
+                });
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn names(files: &[InputFile]) -> Vec<String> {

@@ -17,5 +17,6 @@ pub mod gensort;
 pub mod grep;
 pub mod progress;
 pub mod registry;
+pub mod stream;
 pub mod tera;
 pub mod text;

@@ -38,6 +38,7 @@ use rkyv::rancor::BoxedError;
 
 use crate::grep::Grep;
 pub use crate::grep::GrepParams;
+use crate::stream::{Stream, StreamParams};
 use crate::tera::{TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
@@ -164,6 +165,8 @@ pub mod names {
     pub const WC: &str = "wc";
     /// [`crate::text::Index`].
     pub const INDEX: &str = "index";
+    /// [`crate::stream::Stream`].
+    pub const STREAM: &str = "stream";
 }
 
 impl Registry {
@@ -172,7 +175,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// quern's own jobs: teragen, terasort, teravalidate, grep, wc and index.
+    /// quern's own jobs: teragen, terasort, teravalidate, grep, wc, index and stream.
     pub fn builtin() -> Registry {
         let mut r = Registry::new();
         r.register(names::TERAGEN, |j: TeraGen| Ok(Arc::new(j) as Arc<dyn Job>))
@@ -186,7 +189,10 @@ impl Registry {
                 Ok(Arc::new(Grep::new(p)?) as Arc<dyn Job>)
             })
             .register(names::WC, |j: WordCount| Ok(Arc::new(j) as Arc<dyn Job>))
-            .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>));
+            .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>))
+            .register(names::STREAM, |p: StreamParams| {
+                Ok(Arc::new(Stream::new(p)?) as Arc<dyn Job>)
+            });
         r
     }
 

@@ -46,6 +46,12 @@ pub enum Error {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// The job's own code failed an attempt (e.g. a child process exited non-zero).
+    #[error("{message}")]
+    UserCode {
+        /// What failed, and why.
+        message: String,
+    },
     /// A block of a map's output failed validation on the reduce side (the map must be
     /// re-run, or its output fetched again).
     #[error("output of map {map} ({path}, byte {offset}) is corrupt: {source}")]

@@ -170,6 +170,25 @@ pub struct TaskControl {
     current: AtomicU64,
     skip: Vec<u64>,
     faults: Faults,
+    attempt: Option<AttemptInfo>,
+    status: std::sync::Mutex<Option<String>>,
+}
+
+/// Which attempt of which task a [`TaskControl`] supervises, and where it may keep scratch
+/// files: what user code that starts processes or names files needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// The job's number on its cluster (1 for a job run without a cluster).
+    pub job: u64,
+    /// True for a map task, false for a reduce.
+    pub is_map: bool,
+    /// The map task's index, or the reduce's partition.
+    pub index: u32,
+    /// The attempt's id (unique within the job).
+    pub attempt: u64,
+    /// A local directory for the attempt's scratch files (shared with other attempts: name
+    /// files after the attempt).
+    pub work_dir: PathBuf,
 }
 
 /// Slows a loop down by a factor (the `slow:N` fault): called now and then, it sleeps for
@@ -227,6 +246,30 @@ impl TaskControl {
 
     pub(crate) fn panic_on(&self) -> Option<&[u8]> {
         self.faults.panic_on.as_deref()
+    }
+
+    /// Names the attempt this control supervises.
+    pub fn with_attempt(mut self, info: AttemptInfo) -> TaskControl {
+        self.attempt = Some(info);
+        self
+    }
+
+    /// The attempt this control supervises, when its driver said.
+    pub fn attempt(&self) -> Option<&AttemptInfo> {
+        self.attempt.as_ref()
+    }
+
+    /// Sets the attempt's status message (shown on the cluster's status page).
+    pub fn set_status(&self, message: String) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    /// The attempt's latest status message.
+    pub fn status(&self) -> Option<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks the attempt to stop; it returns [`crate::Error::Cancelled`] at its next check.
@@ -294,6 +337,7 @@ pub struct MapContext<'a> {
     /// byte of the read phase: progress reported for a chunk is placed inside the split's.
     pub(crate) base: u64,
     pub(crate) weight: u64,
+    pub(crate) failure: Option<String>,
 }
 
 impl std::fmt::Debug for MapContext<'_> {
@@ -313,6 +357,7 @@ impl<'a> MapContext<'a> {
             control: None,
             base: 0,
             weight: 1,
+            failure: None,
         }
     }
 
@@ -354,30 +399,140 @@ impl<'a> MapContext<'a> {
     pub fn count(&mut self, name: &'static str, n: u128) {
         self.counters.add(name, n);
     }
+
+    /// Adds `n` to a counter whose name was computed (e.g. reported by a child process).
+    pub fn count_named(&mut self, name: String, n: u128) {
+        self.counters.add_named(name, n);
+    }
+
+    /// Fails the attempt with `message` once `map_split` returns (a failure of the job's
+    /// own making, such as a child process that exited non-zero: not blamed on a record).
+    /// The first failure wins.
+    pub fn fail(&mut self, message: String) {
+        self.failure.get_or_insert(message);
+    }
+
+    /// The attempt being run, when the runtime knows it (always on a cluster).
+    pub fn attempt(&self) -> Option<&AttemptInfo> {
+        self.control.and_then(TaskControl::attempt)
+    }
+
+    /// Sets the attempt's status message.
+    pub fn set_status(&mut self, message: String) {
+        if let Some(control) = self.control {
+            control.set_status(message);
+        }
+    }
+
+    /// The failure recorded by [`MapContext::fail`], as the attempt's error.
+    pub(crate) fn take_failure(&mut self) -> Option<crate::Error> {
+        self.failure
+            .take()
+            .map(|message| crate::Error::UserCode { message })
+    }
 }
 
 /// What `reduce` uses to write output and count things.
 #[derive(Debug)]
 pub struct ReduceContext<'a> {
-    pub(crate) out: &'a mut Vec<u8>,
-    pub(crate) counters: &'a mut Counters,
+    out: &'a mut Vec<u8>,
+    counters: &'a mut Counters,
+    file: Option<&'a mut crate::io::FileWriter>,
+    control: Option<&'a TaskControl>,
+    error: Option<crate::Error>,
 }
 
 impl<'a> ReduceContext<'a> {
     /// A context writing into `out` (for tests and tools).
     pub fn new(out: &'a mut Vec<u8>, counters: &'a mut Counters) -> Self {
-        ReduceContext { out, counters }
+        ReduceContext {
+            out,
+            counters,
+            file: None,
+            control: None,
+            error: None,
+        }
+    }
+
+    /// A context that hands `out` to `file` whenever it holds [`crate::map::CHUNK`] bytes.
+    pub(crate) fn to_file(
+        out: &'a mut Vec<u8>,
+        counters: &'a mut Counters,
+        file: &'a mut crate::io::FileWriter,
+        control: &'a TaskControl,
+    ) -> Self {
+        ReduceContext {
+            out,
+            counters,
+            file: Some(file),
+            control: Some(control),
+            error: None,
+        }
     }
 
     /// Appends bytes to the partition's output file.
     #[inline]
     pub fn write(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
+        if self.out.len() >= crate::map::CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let (Some(file), Some(control)) = (self.file.as_deref_mut(), self.control) else {
+            return;
+        };
+        if self.error.is_some() {
+            self.out.clear(); // the attempt has failed: nothing more reaches the file
+            return;
+        }
+        let full = std::mem::replace(self.out, Vec::with_capacity(crate::map::CHUNK + (64 << 10)));
+        control.add_written(full.len() as u64);
+        if let Err(e) = file.write(full) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Writes what is buffered and gives the attempt's error: a failed write, or what
+    /// [`ReduceContext::fail`] recorded.
+    pub(crate) fn finish(mut self) -> crate::Result<()> {
+        if !self.out.is_empty() {
+            self.flush();
+        }
+        self.error.map_or(Ok(()), Err)
     }
 
     /// Adds `n` to the task's counter `name`.
     pub fn count(&mut self, name: &'static str, n: u128) {
         self.counters.add(name, n);
+    }
+
+    /// Adds `n` to a counter whose name was computed (e.g. reported by a child process).
+    pub fn count_named(&mut self, name: String, n: u128) {
+        self.counters.add_named(name, n);
+    }
+
+    /// Fails the attempt with `message` (see [`MapContext::fail`]). The first failure wins.
+    pub fn fail(&mut self, message: String) {
+        self.error.get_or_insert(crate::Error::UserCode { message });
+    }
+
+    /// True when the attempt has been cancelled: a long reduce should stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_some_and(TaskControl::is_cancelled)
+    }
+
+    /// The attempt being run, when the runtime knows it (always on a cluster).
+    pub fn attempt(&self) -> Option<&AttemptInfo> {
+        self.control.and_then(TaskControl::attempt)
+    }
+
+    /// Sets the attempt's status message.
+    pub fn set_status(&mut self, message: String) {
+        if let Some(control) = self.control {
+            control.set_status(message);
+        }
     }
 }
 
@@ -429,6 +584,34 @@ pub trait Job: Send + Sync {
         }
     }
 
+    /// True if [`Job::combine_run`] replaces [`Job::combine`]: the combiner then sees each
+    /// partition of each spill whole, as a process or a stateful fold needs.
+    fn combines_runs(&self) -> bool {
+        false
+    }
+
+    /// Combines the sorted pairs of one partition of one spill (called only when
+    /// [`Job::combines_runs`] is true), emitting pairs through `ctx` in any order (the
+    /// runtime sorts them). The default groups the pairs by key and calls [`Job::combine`].
+    fn combine_run<'p>(
+        &self,
+        partition: u32,
+        pairs: &mut dyn Iterator<Item = (&'p [u8], &'p [u8])>,
+        ctx: &mut MapContext<'_>,
+    ) {
+        let _ = partition;
+        let mut pairs = pairs.peekable();
+        let mut values: Vec<&[u8]> = Vec::new();
+        while let Some((key, value)) = pairs.next() {
+            values.clear();
+            values.push(value);
+            while let Some((_, v)) = pairs.next_if(|(k, _)| *k == key) {
+                values.push(v);
+            }
+            self.combine(key, &mut values.iter().copied(), &mut |v| ctx.emit(key, v));
+        }
+    }
+
     /// The reduce partition (`0..reducers`) of `key`. Default: a stable 64-bit hash
     /// (xxh3, the same on every machine and version) modulo `reducers`.
     fn partition(&self, key: &[u8], reducers: u32) -> u32 {
@@ -442,6 +625,21 @@ pub trait Job: Send + Sync {
         values: &mut dyn Iterator<Item = &[u8]>,
         ctx: &mut ReduceContext<'_>,
     );
+
+    /// Reduces a whole partition: its keys in ascending order, each with its values. The
+    /// default calls [`Job::reduce`] per key; override it to keep state across keys (a
+    /// child process fed the whole partition, numbering, per-partition totals).
+    fn reduce_partition(
+        &self,
+        partition: u32,
+        keys: &mut crate::reduce::KeyGroups<'_, '_>,
+        ctx: &mut ReduceContext<'_>,
+    ) {
+        let _ = partition;
+        while let Some((key, values)) = keys.next_key() {
+            self.reduce(key, &mut values.iter().copied(), ctx);
+        }
+    }
 }
 
 /// Calls `f` with each of `values` that differs from the one before it. A key's values

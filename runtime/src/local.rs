@@ -15,7 +15,7 @@ use quern_scheduler::TaskId;
 
 use crate::input::{plan_splits, rows_input, Split};
 use crate::io::IoService;
-use crate::job::{Counters, InputFile, InputFormat, Job, TaskControl};
+use crate::job::{AttemptInfo, Counters, InputFile, InputFormat, Job, TaskControl};
 use crate::map::RunFile;
 use crate::output::OutputDir;
 use crate::task::{self, Source, TaskEnv};
@@ -162,7 +162,7 @@ fn execute(
             (name, c.start)
         });
         guarded(&format!("{task} ({} byte {})", first.0, first.1), || {
-            let control = TaskControl::default();
+            let control = TaskControl::default().with_attempt(local_attempt(true, i, &work_dir));
             task::map_task(job, &plan.inputs, split, i as u32, 0, out, &env, &control)
         })
     };
@@ -189,7 +189,7 @@ fn execute(
                 0,
                 out,
                 &io,
-                &TaskControl::default(),
+                &TaskControl::default().with_attempt(local_attempt(false, part, &work_dir)),
             )
         })
     };
@@ -197,6 +197,17 @@ fn execute(
         counters.merge(&c);
     }
     Ok((counters, cfg.reducers as usize))
+}
+
+/// The attempt a local run's task runs as: the only attempt of job 1.
+fn local_attempt(is_map: bool, index: usize, work_dir: &std::path::Path) -> AttemptInfo {
+    AttemptInfo {
+        job: 1,
+        is_map,
+        index: index as u32,
+        attempt: 0,
+        work_dir: work_dir.to_path_buf(),
+    }
 }
 
 /// The default sort-buffer budget: a quarter of physical memory (1 GiB if unknown).

@@ -169,11 +169,37 @@ impl SortBuffer<'_> {
         let mut scratch_ends: Vec<usize> = Vec::new();
         let mut order: Vec<usize> = Vec::new();
         let combine = self.job.has_combiner();
+        let combine_runs = combine && self.job.combines_runs();
         let n = self.entries.len();
         let mut i = 0;
         let mut records_out = 0u128;
         for part in 0..self.env.reducers {
             let seg_start = file.len() + out.len() as u64;
+            if combine_runs {
+                let end = i + self.entries[i..].partition_point(|e| e.part == part);
+                let combined = match self.combine_run(part, i, end) {
+                    Ok(pairs) => pairs,
+                    Err(e) => {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e);
+                    }
+                };
+                for (key, value) in combined.iter() {
+                    push(&mut blocks, key, value, &mut out, &path)?;
+                    if out.len() >= CHUNK {
+                        file.write(std::mem::replace(
+                            &mut out,
+                            Vec::with_capacity(CHUNK + BLOCK_BYTES * 2),
+                        ))?;
+                    }
+                }
+                records_out += combined.len() as u128;
+                let due = (u128::from(write_units) * end as u128 / n.max(1) as u128) as u64;
+                self.control.add_done(due - credited);
+                credited = due;
+                i = end;
+            }
             while i < n && self.entries[i].part == part {
                 let key = self.key(&self.entries[i]);
                 let mut j = i + 1;
@@ -241,6 +267,70 @@ impl SortBuffer<'_> {
         self.arena.clear();
         self.entries.clear();
         Ok(())
+    }
+}
+
+impl SortBuffer<'_> {
+    /// Runs [`Job::combine_run`] over the entries `from..to` (one partition, sorted) and
+    /// sorts what it emits.
+    fn combine_run(&mut self, part: u32, from: usize, to: usize) -> Result<Pairs> {
+        let mut pairs = Pairs::default();
+        if from == to {
+            return Ok(pairs);
+        }
+        let job = self.job;
+        let arena = &self.arena;
+        let mut input = self.entries[from..to].iter().map(|e| {
+            let (k, v) = (e.off as usize, e.off as usize + e.klen as usize);
+            (&arena[k..v], &arena[v..v + e.vlen as usize])
+        });
+        let mut ctx = MapContext::new(&mut pairs, &mut self.counters).with_control(self.control);
+        job.combine_run(part, &mut input, &mut ctx);
+        if let Some(e) = ctx.take_failure() {
+            return Err(e);
+        }
+        if self.control.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        pairs.sort();
+        Ok(pairs)
+    }
+}
+
+/// Pairs emitted by a run combiner, sorted before they are written.
+#[derive(Default)]
+struct Pairs {
+    arena: Vec<u8>,
+    /// (start in `arena`, key length, value length).
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl Pairs {
+    fn pair(&self, &(start, klen, vlen): &(usize, usize, usize)) -> (&[u8], &[u8]) {
+        let value = start + klen;
+        (&self.arena[start..value], &self.arena[value..value + vlen])
+    }
+
+    fn sort(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.pair(a).cmp(&self.pair(b)));
+        self.spans = spans;
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans.iter().map(|s| self.pair(s))
+    }
+}
+
+impl Sink for Pairs {
+    fn emit(&mut self, key: &[u8], value: &[u8]) {
+        self.spans.push((self.arena.len(), key.len(), value.len()));
+        self.arena.extend_from_slice(key);
+        self.arena.extend_from_slice(value);
     }
 }
 
@@ -450,11 +540,15 @@ fn feed_split(
             len: chunk.len,
         };
         let mut counted = CountingRecords::new(&mut records, chunk.start, base, control);
-        {
+        let failure = {
             let mut ctx = MapContext::new(&mut *sink, &mut *counters)
                 .with_control(control)
                 .at(base, READ_WEIGHT);
             job.map_split(&info, &mut counted, &mut ctx);
+            ctx.take_failure()
+        };
+        if let Some(e) = failure {
+            return Err(e);
         }
         records_in += counted.n;
         skipped += counted.skipped;

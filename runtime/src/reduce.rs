@@ -263,13 +263,69 @@ pub const FETCH_WEIGHT: u64 = 1;
 /// copy / sort + reduce split: a third, two thirds).
 pub const MERGE_WEIGHT: u64 = 2;
 
-/// Merges `segments` (each sorted by key, value) and calls `job.reduce` per key, writing the
-/// output through `out`. Returns the task's counters.
+/// One reduce partition's input as [`Job::reduce_partition`] sees it: its keys in ascending
+/// bytewise order, each with its values (ascending too). It checks for cancellation and
+/// publishes progress as keys are taken.
+pub struct KeyGroups<'m, 'a> {
+    merge: Merge<'a>,
+    values: Vec<&'a [u8]>,
+    control: &'m TaskControl,
+    merged: &'a Cell<u64>,
+    fetched: u64,
+    keys: u128,
+    records: u128,
+    pacer: crate::job::Pacer,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for KeyGroups<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyGroups")
+            .field("keys", &self.keys)
+            .field("records", &self.records)
+            .finish()
+    }
+}
+
+impl<'a> KeyGroups<'_, 'a> {
+    /// The next key and its values; `None` at the end of the partition (or when the
+    /// attempt was cancelled or its input is corrupt: the runtime then fails the attempt).
+    pub fn next_key(&mut self) -> Option<(&'a [u8], &[&'a [u8]])> {
+        if self.error.is_some() {
+            return None;
+        }
+        if self.keys % 1024 == 1023 {
+            if self.control.is_cancelled() {
+                self.error = Some(Error::Cancelled);
+                return None;
+            }
+            self.control
+                .set_done(self.fetched + MERGE_WEIGHT * self.merged.get());
+            self.pacer.pace();
+        }
+        match self.merge.next_key(&mut self.values) {
+            Ok(Some(key)) => {
+                self.keys += 1;
+                self.records += self.values.len() as u128;
+                Some((key, &self.values))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Merges `segments` (each sorted by key, value) and calls `job.reduce_partition` over
+/// them, writing the output through `out`. Returns the task's counters.
 ///
 /// Progress: the fetch phase is done ([`FETCH_WEIGHT`] per byte), and the merge credits
 /// [`MERGE_WEIGHT`] per byte it consumes.
 pub fn reduce_segments(
     job: &dyn Job,
+    part: u32,
     segments: &[Segment],
     out: &mut FileWriter,
     control: &TaskControl,
@@ -278,52 +334,46 @@ pub fn reduce_segments(
     let fetched = FETCH_WEIGHT * bytes;
     control.set_progress(fetched, fetched + MERGE_WEIGHT * bytes);
     let merged = Cell::new(0);
-    let mut merge = Merge::new(segments, &merged)?;
+    let mut groups = KeyGroups {
+        merge: Merge::new(segments, &merged)?,
+        values: Vec::new(),
+        control,
+        merged: &merged,
+        fetched,
+        keys: 0,
+        records: 0,
+        pacer: crate::job::Pacer::new(control),
+        error: None,
+    };
     let mut counters = Counters::default();
     let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
-    let mut values: Vec<&[u8]> = Vec::new();
-    let (mut keys, mut records) = (0u128, 0u128);
-    let mut pacer = crate::job::Pacer::new(control);
-    while let Some(key) = merge.next_key(&mut values)? {
-        keys += 1;
-        records += values.len() as u128;
-        if keys % 1024 == 0 {
-            if control.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            control.set_done(fetched + MERGE_WEIGHT * merged.get());
-            pacer.pace();
-        }
-        let mut ctx = ReduceContext::new(&mut buf, &mut counters);
-        job.reduce(key, &mut values.iter().copied(), &mut ctx);
-        if buf.len() >= CHUNK {
-            control.add_written(buf.len() as u64);
-            out.write(std::mem::replace(
-                &mut buf,
-                Vec::with_capacity(CHUNK + (64 << 10)),
-            ))?;
-        }
+    let mut ctx = ReduceContext::to_file(&mut buf, &mut counters, out, control);
+    job.reduce_partition(part, &mut groups, &mut ctx);
+    let written = ctx.finish();
+    if let Some(e) = groups.error.take() {
+        return Err(e);
     }
-    if !buf.is_empty() {
-        control.add_written(buf.len() as u64);
-        out.write(buf)?;
+    if control.is_cancelled() {
+        return Err(Error::Cancelled);
     }
+    written?;
     control.set_done(fetched + MERGE_WEIGHT * merged.get());
-    counters.add("reduce.input.keys", keys);
-    counters.add("reduce.input.records", records);
+    counters.add("reduce.input.keys", groups.keys);
+    counters.add("reduce.input.records", groups.records);
     Ok(counters)
 }
 
 /// Reduces `segments` into `out_path` (fsynced, not yet committed).
 pub fn reduce_to_file(
     job: &dyn Job,
+    part: u32,
     segments: &[Segment],
     out_path: &Path,
     io: &crate::io::IoService,
     control: &TaskControl,
 ) -> Result<Counters> {
     let mut out = io.create(out_path)?;
-    let mut counters = reduce_segments(job, segments, &mut out, control)?;
+    let mut counters = reduce_segments(job, part, segments, &mut out, control)?;
     let bytes = out.finish(true)?;
     counters.add("output.bytes", u128::from(bytes));
     Ok(counters)
@@ -391,7 +441,8 @@ mod tests {
         let (fetched, total) = (FETCH_WEIGHT * bytes, (FETCH_WEIGHT + MERGE_WEIGHT) * bytes);
         let dir = tempfile::tempdir().expect("tempdir");
         let io = crate::io::IoService::std();
-        reduce_to_file(&job, &segments, &dir.path().join("part"), &io, &control).expect("reduce");
+        reduce_to_file(&job, 0, &segments, &dir.path().join("part"), &io, &control)
+            .expect("reduce");
         let samples = job.samples.into_inner().expect("samples");
         assert_eq!(samples.len(), 10_000);
         assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "monotone");

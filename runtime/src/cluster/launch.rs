@@ -3,7 +3,8 @@
 //!
 //! No orphans: children are started with `--exit-with-parent` and a pipe on stdin; they
 //! exit when it closes, which happens when this process exits for any reason (including
-//! SIGKILL). `Drop` also kills and reaps them explicitly.
+//! SIGKILL). `Drop` closes the workers' stdin too (a worker kills its attempts' child
+//! processes as it exits), then kills and reaps whatever is left.
 //!
 //! Supervision: a thread polls the workers every 100 ms and respawns one that died (as the
 //! 6.824 lab's test script does by hand), at most [`MAX_RESPAWNS`] times per cluster, so a
@@ -317,6 +318,18 @@ impl Drop for LocalCluster {
             let _ = supervisor.join();
         }
         let mut workers = std::mem::take(&mut *self.lock_workers());
+        // Closing their stdin asks the workers to exit, killing their attempts' child
+        // processes on the way out (a SIGKILL now would orphan those); those that have not
+        // exited after a grace period are killed.
+        for child in &mut workers {
+            drop(child.stdin.take());
+        }
+        let grace = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < grace
+            && workers.iter_mut().any(|c| matches!(c.try_wait(), Ok(None)))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for child in workers
             .iter_mut()
             .chain(std::iter::once(&mut self.coordinator))

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::input::map_file;
 use crate::io::IoService;
-use crate::job::{Counters, InputFile, Job, TaskControl};
+use crate::job::{AttemptInfo, Counters, InputFile, Job, TaskControl};
 use crate::local::guarded;
 use crate::map::RunFile;
 use crate::output::OutputDir;
@@ -234,6 +234,24 @@ pub fn run(config: WorkerConfig, secret: &Secret) -> Result<()> {
     rt.block_on(serve(config, secret))
 }
 
+/// On SIGINT or SIGTERM: kills the attempts' child processes, then exits as the signal
+/// would have (the default action would leave those children behind).
+async fn exit_on_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let code = tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+    };
+    crate::child::kill_all();
+    std::process::exit(code);
+}
+
 async fn join(config: &WorkerConfig, endpoint: &quinn::Endpoint) -> Result<quinn::Connection> {
     let deadline = tokio::time::Instant::now() + config.join_timeout;
     let mut backoff = Duration::from_millis(50);
@@ -258,6 +276,7 @@ async fn join(config: &WorkerConfig, endpoint: &quinn::Endpoint) -> Result<quinn
 
 async fn serve(config: WorkerConfig, secret: &Secret) -> Result<()> {
     std::fs::create_dir_all(&config.work_dir).map_err(|e| Error::io(&config.work_dir, e))?;
+    tokio::spawn(exit_on_signal());
     let endpoint = net::endpoint(config.bind, secret).map_err(net_err)?;
     let faults = match std::env::var("QUERN_FAULT") {
         Ok(spec) => crate::job::Faults::parse(&spec).map_err(Error::Usage)?,
@@ -451,7 +470,19 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 TaskMsg::Map { skip, .. } => skip.clone(),
                 TaskMsg::Reduce { .. } => Vec::new(),
             };
-            let control = Arc::new(TaskControl::new(skip, shared.faults.clone()));
+            let (is_map, index) = match &task {
+                TaskMsg::Map { index, .. } => (true, *index),
+                TaskMsg::Reduce { partition } => (false, *partition),
+            };
+            let control = Arc::new(TaskControl::new(skip, shared.faults.clone()).with_attempt(
+                AttemptInfo {
+                    job,
+                    is_map,
+                    index,
+                    attempt,
+                    work_dir: entry.dir.clone(),
+                },
+            ));
             shared.state().attempts.insert(
                 (job, attempt),
                 RunningAttempt {

@@ -107,7 +107,7 @@ pub fn reduce_task(
 ) -> Result<Counters> {
     let ready = input.finish(control)?;
     let tmp = out.attempt_file(part as usize, attempt);
-    let mut counters = reduce_to_file(job, &ready.segments, &tmp, io, control)
+    let mut counters = reduce_to_file(job, part, &ready.segments, &tmp, io, control)
         .inspect_err(|_| remove_quietly(&tmp))?;
     counters.merge(&ready.counters);
     drop(ready);
