@@ -38,6 +38,8 @@ use rkyv::rancor::BoxedError;
 
 use crate::grep::Grep;
 pub use crate::grep::GrepParams;
+use crate::sort::Sort;
+pub use crate::sort::SortParams;
 use crate::tera::{TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
 
@@ -160,6 +162,8 @@ pub mod names {
     pub const TERAVALIDATE: &str = "teravalidate";
     /// [`crate::grep::Grep`].
     pub const GREP: &str = "grep";
+    /// [`crate::sort::Sort`].
+    pub const SORT: &str = "sort";
     /// [`crate::text::WordCount`].
     pub const WC: &str = "wc";
     /// [`crate::text::Index`].
@@ -172,7 +176,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// quern's own jobs: teragen, terasort, teravalidate, grep, wc and index.
+    /// quern's own jobs: teragen, terasort, teravalidate, grep, sort, wc and index.
     pub fn builtin() -> Registry {
         let mut r = Registry::new();
         r.register(names::TERAGEN, |j: TeraGen| Ok(Arc::new(j) as Arc<dyn Job>))
@@ -184,6 +188,9 @@ impl Registry {
             })
             .register(names::GREP, |p: GrepParams| {
                 Ok(Arc::new(Grep::new(p)?) as Arc<dyn Job>)
+            })
+            .register(names::SORT, |p: SortParams| {
+                Ok(Arc::new(Sort::new(p)?) as Arc<dyn Job>)
             })
             .register(names::WC, |j: WordCount| Ok(Arc::new(j) as Arc<dyn Job>))
             .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>));
@@ -318,6 +325,18 @@ mod tests {
                 },
             )
             .unwrap(),
+            r.descriptor(
+                names::SORT,
+                &SortParams {
+                    keys: vec![crate::sort::KeySpec::parse("2,2nr").unwrap()],
+                    separator: Some(b':'),
+                    numeric: false,
+                    reverse: true,
+                    unique: true,
+                    cuts: vec![b"m".to_vec()],
+                },
+            )
+            .unwrap(),
             r.descriptor(names::WC, &WordCount).unwrap(),
         ]
     }
@@ -388,7 +407,15 @@ mod tests {
         assert_eq!(r.build(&d).err().as_deref(), Some("job \"wc\": replaced"));
         assert_eq!(
             r.names().collect::<Vec<_>>(),
-            ["grep", "index", "teragen", "terasort", "teravalidate", "wc"]
+            [
+                "grep",
+                "index",
+                "sort",
+                "teragen",
+                "terasort",
+                "teravalidate",
+                "wc"
+            ]
         );
     }
 }
