@@ -354,6 +354,12 @@ impl<'a> MapContext<'a> {
     pub fn count(&mut self, name: &'static str, n: u128) {
         self.counters.add(name, n);
     }
+
+    /// Adds `n` to a counter whose name is computed (e.g. one per input file). Like every
+    /// counter it is counted from committed attempts only.
+    pub fn count_named(&mut self, name: String, n: u128) {
+        self.counters.add_named(name, n);
+    }
 }
 
 /// What `reduce` uses to write output and count things.
