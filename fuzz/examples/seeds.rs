@@ -525,6 +525,7 @@ fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
                         fixed: false,
                     },
                     names: vec!["a.txt".into()],
+                    first_nuls: vec![Some(98_304)],
                 },
             )?,
         ),

@@ -1060,7 +1060,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             };
             run.quiet = run.quiet || !stats;
             let files = run.expand(&inputs)?;
-            let params = GrepParams {
+            let mut params = GrepParams {
                 pattern,
                 mode,
                 options: GrepOptions {
@@ -1070,10 +1070,15 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                     fixed: fixed_strings,
                 },
                 names: names(&files),
+                first_nuls: Vec::new(),
             };
             // An invalid regex fails before anything runs.
             Grep::new(params.clone()).map_err(Error::Usage)?;
             let plan = plan(InputFormat::Lines, files, run.split_size)?;
+            if mode == GrepMode::Lines {
+                // Where binary files stop printing (see grep.rs).
+                params.first_nuls = crate::grep::first_nuls(&plan.inputs, &plan.splits)?;
+            }
             let reducers = run.fixed_reducers(
                 "grep",
                 Grep::reducers(mode),
@@ -1085,6 +1090,13 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             summary(&run, "grep", &report)?;
             if printing {
                 cat_parts(&report.parts, &mut std::io::stdout().lock())?;
+            }
+            // GNU grep's own words for a binary file with a selected line, on stderr.
+            for (i, name) in params.names.iter().enumerate() {
+                let counter = crate::grep::binary_counter(i as u32);
+                if report.counters.get(&counter) > 0 {
+                    eprintln!("grep: {name}: binary file matches");
+                }
             }
             Ok(if report.counters.get(crate::grep::MATCHES) > 0 {
                 Outcome::Ok

@@ -322,6 +322,7 @@ mod tests {
                     mode: crate::grep::GrepMode::Count,
                     options: crate::grep::GrepOptions::default(),
                     names: vec!["x".into()],
+                    first_nuls: vec![Some(3)],
                 },
             )
             .unwrap(),
@@ -371,6 +372,7 @@ mod tests {
                     mode: crate::grep::GrepMode::Lines,
                     options: crate::grep::GrepOptions::default(),
                     names: vec![],
+                    first_nuls: vec![],
                 },
             )
             .unwrap();
