@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use quern_jobs::grep::{GrepMode, GrepOptions, GrepParams};
 use quern_jobs::registry::{names as job, JobDescriptor, Registry};
+use quern_jobs::sort::{KeySpec, SortParams};
 use quern_jobs::tera::{TeraGen, TeraSort, TeraValidate};
 use quern_jobs::text::{Index, WordCount};
 use quern_runtime::report::{self, hist, NamedHistogram, Report};
@@ -524,6 +525,21 @@ fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
                         fixed: false,
                     },
                     names: vec!["a.txt".into()],
+                    first_nuls: vec![Some(98_304)],
+                },
+            )?,
+        ),
+        (
+            "sort",
+            r.descriptor(
+                job::SORT,
+                &SortParams {
+                    keys: vec![KeySpec::parse("2,2nr")?],
+                    separator: Some(b':'),
+                    numeric: false,
+                    reverse: true,
+                    unique: true,
+                    cuts: vec![b"\x03m".to_vec(), b"\xfc\x00".to_vec()],
                 },
             )?,
         ),

@@ -38,6 +38,7 @@ use crate::gensort::RECORD_LEN;
 use crate::grep::{Grep, GrepMode, GrepOptions, GrepParams};
 use crate::progress::Progress;
 use crate::registry::{names as job, JobDescriptor, Params, Registry};
+use crate::sort::{KeySpec, Sort, SortParams};
 use crate::stream::{Stream, StreamParams};
 use crate::tera::{self, TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
@@ -185,6 +186,38 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Sort lines as `LC_ALL=C sort` does, for its options -k, -t, -n, -r and -u:
+    /// `cat DIR/part-*` is the sorted file. Other sort options are refused.
+    // `-r` is sort's --reverse here: the number of reducers is `--reducers` only.
+    #[command(mut_arg("reducers", |a| a.short(None)))]
+    Sort {
+        /// Input files or directories.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output directory (part files + _SUCCESS).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Sort by fields F1 to F2 (1-based; without F2, to the end of the line), with the
+        /// modifiers n and r (e.g. -k2,2nr). Repeatable: later keys break ties.
+        #[arg(long = "key", short = 'k', value_name = "F1[,F2]")]
+        keys: Vec<String>,
+        /// Fields end at this byte, instead of at blank-to-non-blank transitions.
+        #[arg(long = "field-separator", short = 't', value_name = "SEP")]
+        separator: Option<std::ffi::OsString>,
+        /// Compare as numbers: optional `-`, digits, optional `.` fraction (C locale).
+        #[arg(long = "numeric-sort", short = 'n')]
+        numeric: bool,
+        /// Reverse the order (of keys without modifiers, and of the whole-line tie-break).
+        #[arg(long, short = 'r')]
+        reverse: bool,
+        /// Print only the first line (in input order) of each run of equal keys.
+        #[arg(long, short = 'u')]
+        unique: bool,
+        #[command(flatten)]
+        unsupported: UnsupportedSortOptions,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Count words (maximal runs of Unicode letters, case-sensitive).
     Wc(JobCommandArgs),
     /// Build an inverted index: `word N doc1,doc2,...`.
@@ -306,6 +339,64 @@ struct JobCommandArgs {
     output: PathBuf,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// GNU sort options that `quern sort` does not implement: accepted by the parser only to be
+/// refused by name.
+#[derive(Debug, Args)]
+struct UnsupportedSortOptions {
+    #[arg(short = 'b', long = "ignore-leading-blanks", hide = true)]
+    b: bool,
+    #[arg(short = 'd', long = "dictionary-order", hide = true)]
+    d: bool,
+    #[arg(short = 'f', long = "ignore-case", hide = true)]
+    f: bool,
+    #[arg(short = 'g', long = "general-numeric-sort", hide = true)]
+    g: bool,
+    #[arg(long = "human-numeric-sort", hide = true)]
+    h: bool,
+    #[arg(short = 'i', long = "ignore-nonprinting", hide = true)]
+    i: bool,
+    #[arg(short = 'M', long = "month-sort", hide = true)]
+    month: bool,
+    #[arg(short = 'R', long = "random-sort", hide = true)]
+    random: bool,
+    #[arg(short = 'V', long = "version-sort", hide = true)]
+    version: bool,
+    #[arg(short = 's', long = "stable", hide = true)]
+    s: bool,
+    #[arg(short = 'z', long = "zero-terminated", hide = true)]
+    z: bool,
+    #[arg(short = 'c', long = "check", hide = true)]
+    c: bool,
+    #[arg(short = 'C', hide = true)]
+    quiet_check: bool,
+    #[arg(short = 'm', long = "merge", hide = true)]
+    m: bool,
+}
+
+impl UnsupportedSortOptions {
+    /// The first unsupported option given, as GNU sort spells it.
+    fn first(&self) -> Option<&'static str> {
+        [
+            (self.b, "-b (--ignore-leading-blanks)"),
+            (self.d, "-d (--dictionary-order)"),
+            (self.f, "-f (--ignore-case)"),
+            (self.g, "-g (--general-numeric-sort)"),
+            (self.h, "-h (--human-numeric-sort)"),
+            (self.i, "-i (--ignore-nonprinting)"),
+            (self.month, "-M (--month-sort)"),
+            (self.random, "-R (--random-sort)"),
+            (self.version, "-V (--version-sort)"),
+            (self.s, "-s (--stable)"),
+            (self.z, "-z (--zero-terminated)"),
+            (self.c, "-c (--check)"),
+            (self.quiet_check, "-C"),
+            (self.m, "-m (--merge)"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
 }
 
 /// Options of long-running processes.
@@ -1018,7 +1109,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             };
             run.quiet = run.quiet || !stats;
             let files = run.expand(&inputs)?;
-            let params = GrepParams {
+            let mut params = GrepParams {
                 pattern,
                 mode,
                 options: GrepOptions {
@@ -1028,10 +1119,15 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                     fixed: fixed_strings,
                 },
                 names: names(&files),
+                first_nuls: Vec::new(),
             };
             // An invalid regex fails before anything runs.
             Grep::new(params.clone()).map_err(Error::Usage)?;
             let plan = plan(InputFormat::Lines, files, run.split_size)?;
+            if mode == GrepMode::Lines {
+                // Where binary files stop printing (see grep.rs).
+                params.first_nuls = crate::grep::first_nuls(&plan.inputs, &plan.splits)?;
+            }
             let reducers = run.fixed_reducers(
                 "grep",
                 Grep::reducers(mode),
@@ -1044,11 +1140,68 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             if printing {
                 cat_parts(&report.parts, &mut std::io::stdout().lock())?;
             }
+            // GNU grep's own words for a binary file with a selected line, on stderr.
+            for (i, name) in params.names.iter().enumerate() {
+                let counter = crate::grep::binary_counter(i as u32);
+                if report.counters.get(&counter) > 0 {
+                    eprintln!("grep: {name}: binary file matches");
+                }
+            }
             Ok(if report.counters.get(crate::grep::MATCHES) > 0 {
                 Outcome::Ok
             } else {
                 Outcome::Negative
             })
+        }
+        Command::Sort {
+            inputs,
+            output,
+            keys,
+            separator,
+            numeric,
+            reverse,
+            unique,
+            unsupported,
+            run,
+        } => {
+            init_logging(run.verbose);
+            if let Some(option) = unsupported.first() {
+                return Err(Error::Usage(format!(
+                    "sort option {option} is not supported; quern sort supports -k F1[,F2] \
+                     (modifiers n, r), -t, -n, -r and -u"
+                )));
+            }
+            let keys = keys
+                .iter()
+                .map(|k| KeySpec::parse(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::Usage)?;
+            let separator = match separator.as_ref().map(|s| s.as_encoded_bytes()) {
+                None => None,
+                Some([byte]) => Some(*byte),
+                Some([]) => return Err(Error::Usage("-t: empty field separator".into())),
+                Some(_) => {
+                    return Err(Error::Usage(format!(
+                        "-t {:?}: the field separator must be one byte",
+                        separator.unwrap_or_default()
+                    )))
+                }
+            };
+            let reducers = run.reduce_tasks("sort")?;
+            let plan = plan(InputFormat::Lines, run.expand(&inputs)?, run.split_size)?;
+            let params = SortParams {
+                keys,
+                separator,
+                numeric,
+                reverse,
+                unique,
+                cuts: Vec::new(),
+            };
+            let params = Sort::sampled(params, &plan.inputs, &plan.splits, reducers, 100_000)?;
+            let job = Prepared::new(registry, job::SORT, &params, plan, reducers)?;
+            let report = run.execute(registry, job, &output)?;
+            summary(&run, "sort", &report)?;
+            Ok(Outcome::Ok)
         }
         Command::Wc(JobCommandArgs {
             inputs,

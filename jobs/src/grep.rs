@@ -4,12 +4,65 @@
 //! order, so the part files concatenated in name order are grep's output. With `-c` (and
 //! `-l`) each map counts its split's selected lines and one reducer sums them per file, in
 //! input order. With `-q` nothing is written and each split stops at its first selected line.
+//!
+//! Binary files, as GNU grep 3.8 treats them (in the C locale, where only NUL bytes make a
+//! file binary): GNU grep reads a file in blocks of [`GNU_BLOCK`] bytes, and once a block
+//! holds a NUL the file is binary from that block on. From there it prints no more lines;
+//! if a line selected there (NULs count as line ends there, so a line is cut into pieces at
+//! its NULs), it prints `grep: NAME: binary file matches` on stderr. `-c`, `-l` and `-q`
+//! count every selected piece and print no such message. quern does the same per file:
+//! the lines of a file that end before the block of its first NUL are text, the rest are
+//! binary. A file inside one map chunk is decided by its map; the client finds the first
+//! NUL of each file spread over several chunks when it plans ([`first_nuls`]). A map whose
+//! file matched in its binary part counts [`binary_counter`] for it, and the command prints
+//! the message for those files, after the selected lines.
+//!
+//! GNU grep's later blocks can start up to a page earlier when a long line crosses a block
+//! boundary, so for a first NUL beyond the first block the cut-off is exact only when lines
+//! are short; files with holes, which GNU grep also treats as binary, are not detected.
 
-use quern_runtime::{InputFormat, Job, MapContext, Record, ReduceContext, SplitInfo};
+use quern_runtime::input::{Chunk, ChunkData};
+use quern_runtime::{
+    InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split, SplitInfo,
+};
 use regex::bytes::{Regex, RegexBuilder};
 
 /// Counter: lines selected (matching, or with `-v` not matching).
 pub const MATCHES: &str = "grep.matches";
+
+/// The size of GNU grep 3.8's reads: a file is binary from the block holding its first NUL.
+pub const GNU_BLOCK: u64 = 96 * 1024;
+
+/// The counter a map adds to when file `index` has a selected line in its binary part.
+pub fn binary_counter(index: u32) -> String {
+    format!("grep.binary_matches.{index}")
+}
+
+/// The offset of the first NUL of each of `inputs` that `splits` spread over several
+/// chunks, by input index (`None` for the other files and for files without a NUL): what
+/// a map reading one chunk of such a file cannot see for itself.
+pub fn first_nuls(
+    inputs: &[InputFile],
+    splits: &[Split],
+) -> quern_runtime::Result<Vec<Option<u64>>> {
+    let mut chunks = vec![0usize; inputs.len()];
+    for c in splits.iter().flat_map(|s| &s.chunks) {
+        if let Some(n) = chunks.get_mut(c.file as usize) {
+            *n += 1;
+        }
+    }
+    let mut nuls = vec![None; inputs.len()];
+    for (input, _) in inputs.iter().zip(&chunks).filter(|(_, n)| **n > 1) {
+        let whole = Chunk {
+            file: input.index,
+            start: 0,
+            len: input.size,
+        };
+        let data = ChunkData::open(input, &whole, InputFormat::Lines)?;
+        nuls[input.index as usize] = memchr::memchr(0, data.bytes()).map(|i| i as u64);
+    }
+    Ok(nuls)
+}
 
 /// What grep prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -50,6 +103,9 @@ pub struct GrepParams {
     pub options: GrepOptions,
     /// Input names, by input index.
     pub names: Vec<String>,
+    /// The first NUL of the files spread over several chunks, by input index (see
+    /// [`first_nuls`]).
+    pub first_nuls: Vec<Option<u64>>,
 }
 
 /// Searches lines for a pattern.
@@ -65,6 +121,8 @@ pub struct Grep {
     pub with_names: bool,
     /// Display names of the input files, by index.
     pub names: Vec<String>,
+    /// The first NUL of the files spread over several chunks, by input index.
+    pub first_nuls: Vec<Option<u64>>,
 }
 
 impl Grep {
@@ -75,6 +133,7 @@ impl Grep {
             mode,
             options,
             names,
+            first_nuls,
         } = p;
         let mut expr = if options.fixed {
             regex::escape(&pattern)
@@ -104,6 +163,7 @@ impl Grep {
             mode,
             with_names: names.len() > 1,
             names,
+            first_nuls,
         })
     }
 
@@ -117,6 +177,90 @@ impl Grep {
 
     fn selects(&self, line: &[u8]) -> bool {
         self.regex.is_match(line) != self.invert
+    }
+
+    /// Selected lines in `line` as GNU grep counts them: a line holding NULs (which only
+    /// binary blocks do) is the pieces between them.
+    fn selected(&self, line: &[u8]) -> u64 {
+        if memchr::memchr(0, line).is_none() {
+            return u64::from(self.selects(line));
+        }
+        line.split(|b| *b == 0).filter(|p| self.selects(p)).count() as u64
+    }
+
+    fn write_line(&self, r: &Record<'_>, out: &mut Vec<u8>, ctx: &mut MapContext<'_>) {
+        out.clear();
+        if self.with_names {
+            out.extend_from_slice(r.input.name.as_bytes());
+            out.push(b':');
+        }
+        out.extend_from_slice(r.data);
+        out.push(b'\n');
+        ctx.emit(b"", out);
+    }
+
+    /// Prints the selected text lines of one chunk (of one file) in order, holding back
+    /// those of the current block until the block is known to be NUL-free. Returns the
+    /// selected lines (at least 1 for a binary part that matched), and whether the binary
+    /// part matched.
+    fn print_lines<'r>(
+        &self,
+        split: &SplitInfo<'_>,
+        records: &mut dyn Iterator<Item = Record<'r>>,
+        ctx: &mut MapContext<'_>,
+    ) -> (u64, bool) {
+        let block = |at: u64| at - at % GNU_BLOCK;
+        // The line, with its newline, ends at or before `at`.
+        let ends_before = |r: &Record<'_>, at: u64| r.offset + (r.data.len() as u64) < at;
+        let mut binary_from = self
+            .first_nuls
+            .get(split.input.index as usize)
+            .copied()
+            .flatten()
+            .map(block);
+        let (mut matches, mut binary_match) = (0u64, false);
+        let mut held: Vec<Record<'r>> = Vec::new();
+        let mut line = Vec::new();
+        for r in records {
+            if binary_from.is_none() {
+                if let Some(i) = memchr::memchr(0, r.data) {
+                    binary_from = Some(block(r.offset + i as u64));
+                }
+            }
+            // Held lines are text once a later line starts a new block without a NUL.
+            let text_below = binary_from.unwrap_or_else(|| block(r.offset));
+            let text = held.partition_point(|h| ends_before(h, text_below));
+            for h in held.drain(..text) {
+                self.write_line(&h, &mut line, ctx);
+            }
+            if binary_from.is_some() && !held.is_empty() {
+                binary_match = true; // a held line is selected, and in the binary part
+                held.clear();
+            }
+            match binary_from {
+                Some(b) if !ends_before(&r, b) => {
+                    if self.selected(r.data) > 0 {
+                        matches += 1;
+                        binary_match = true;
+                        break; // GNU grep stops at a binary file's first match
+                    }
+                }
+                _ => {
+                    if self.selects(r.data) {
+                        matches += 1;
+                        held.push(r);
+                    }
+                }
+            }
+        }
+        // The chunk ends its file's NUL-free stretch, or its file (a file spread over
+        // several chunks has its first NUL from the client).
+        let text_below = binary_from.unwrap_or(u64::MAX);
+        let text = held.partition_point(|h| ends_before(h, text_below));
+        for h in held.drain(..text) {
+            self.write_line(&h, &mut line, ctx);
+        }
+        (matches, binary_match || !held.is_empty())
     }
 }
 
@@ -144,26 +288,19 @@ impl Job for Grep {
         records: &mut dyn Iterator<Item = Record<'_>>,
         ctx: &mut MapContext<'_>,
     ) {
-        let mut matches = 0u64;
-        let mut line = Vec::new();
-        for r in records {
-            if !self.selects(r.data) {
-                continue;
+        if self.mode == GrepMode::Lines {
+            let (matches, binary_match) = self.print_lines(split, records, ctx);
+            if binary_match {
+                ctx.count_named(binary_counter(split.input.index), 1);
             }
-            matches += 1;
-            match self.mode {
-                GrepMode::Lines => {
-                    line.clear();
-                    if self.with_names {
-                        line.extend_from_slice(r.input.name.as_bytes());
-                        line.push(b':');
-                    }
-                    line.extend_from_slice(r.data);
-                    line.push(b'\n');
-                    ctx.emit(b"", &line);
-                }
-                GrepMode::Quiet => break, // one selected line says it all
-                GrepMode::Count | GrepMode::Files => {}
+            ctx.count(MATCHES, u128::from(matches));
+            return;
+        }
+        let mut matches = 0u64;
+        for r in records {
+            matches += self.selected(r.data);
+            if matches > 0 && self.mode == GrepMode::Quiet {
+                break; // one selected line says it all
             }
         }
         if let GrepMode::Count | GrepMode::Files = self.mode {

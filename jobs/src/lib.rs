@@ -3,6 +3,7 @@
 //! - [`gensort`]: the Sort Benchmark's record generator (gensort-compatible).
 //! - [`tera`]: TeraGen, TeraSort (sampled range partitioner), TeraValidate.
 //! - [`grep`]: regex search in input order, and `-c` counts.
+//! - [`sort`]: GNU sort's order of text lines (`-k`, `-t`, `-n`, `-r`, `-u`), range-partitioned.
 //! - [`text`]: word count and inverted index over Unicode words.
 //! - [`registry`]: every job a binary can run, by name; the descriptors that name a job and
 //!   its parameters for the workers.
@@ -17,6 +18,7 @@ pub mod gensort;
 pub mod grep;
 pub mod progress;
 pub mod registry;
+pub mod sort;
 pub mod stream;
 pub mod tera;
 pub mod text;

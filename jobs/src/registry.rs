@@ -38,6 +38,8 @@ use rkyv::rancor::BoxedError;
 
 use crate::grep::Grep;
 pub use crate::grep::GrepParams;
+use crate::sort::Sort;
+pub use crate::sort::SortParams;
 use crate::stream::{Stream, StreamParams};
 use crate::tera::{TeraGen, TeraSort, TeraValidate};
 use crate::text::{Index, WordCount};
@@ -161,6 +163,8 @@ pub mod names {
     pub const TERAVALIDATE: &str = "teravalidate";
     /// [`crate::grep::Grep`].
     pub const GREP: &str = "grep";
+    /// [`crate::sort::Sort`].
+    pub const SORT: &str = "sort";
     /// [`crate::text::WordCount`].
     pub const WC: &str = "wc";
     /// [`crate::text::Index`].
@@ -175,7 +179,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// quern's own jobs: teragen, terasort, teravalidate, grep, wc, index and stream.
+    /// quern's own jobs: teragen, terasort, teravalidate, grep, sort, wc, index and stream.
     pub fn builtin() -> Registry {
         let mut r = Registry::new();
         r.register(names::TERAGEN, |j: TeraGen| Ok(Arc::new(j) as Arc<dyn Job>))
@@ -187,6 +191,9 @@ impl Registry {
             })
             .register(names::GREP, |p: GrepParams| {
                 Ok(Arc::new(Grep::new(p)?) as Arc<dyn Job>)
+            })
+            .register(names::SORT, |p: SortParams| {
+                Ok(Arc::new(Sort::new(p)?) as Arc<dyn Job>)
             })
             .register(names::WC, |j: WordCount| Ok(Arc::new(j) as Arc<dyn Job>))
             .register(names::INDEX, |j: Index| Ok(Arc::new(j) as Arc<dyn Job>))
@@ -321,10 +328,38 @@ mod tests {
                     mode: crate::grep::GrepMode::Count,
                     options: crate::grep::GrepOptions::default(),
                     names: vec!["x".into()],
+                    first_nuls: vec![Some(3)],
+                },
+            )
+            .unwrap(),
+            r.descriptor(
+                names::SORT,
+                &SortParams {
+                    keys: vec![crate::sort::KeySpec::parse("2,2nr").unwrap()],
+                    separator: Some(b':'),
+                    numeric: false,
+                    reverse: true,
+                    unique: true,
+                    cuts: vec![b"m".to_vec()],
                 },
             )
             .unwrap(),
             r.descriptor(names::WC, &WordCount).unwrap(),
+            r.descriptor(
+                names::STREAM,
+                &StreamParams {
+                    mapper: "cat".into(),
+                    combiner: Some("uniq".into()),
+                    reducer: None,
+                    map_only: false,
+                    key_fields: 2,
+                    separator: b"\t".to_vec(),
+                    env: vec![("A".into(), "b".into())],
+                    files: vec!["/bin/true".into()],
+                    timeout_ms: 1000,
+                },
+            )
+            .unwrap(),
         ]
     }
 
@@ -358,6 +393,7 @@ mod tests {
                     mode: crate::grep::GrepMode::Lines,
                     options: crate::grep::GrepOptions::default(),
                     names: vec![],
+                    first_nuls: vec![],
                 },
             )
             .unwrap();
@@ -394,7 +430,15 @@ mod tests {
         assert_eq!(r.build(&d).err().as_deref(), Some("job \"wc\": replaced"));
         assert_eq!(
             r.names().collect::<Vec<_>>(),
-            ["grep", "index", "teragen", "terasort", "teravalidate", "wc"]
+            [
+                "grep",
+                "index",
+                "sort",
+                "teragen",
+                "terasort",
+                "teravalidate",
+                "wc"
+            ]
         );
     }
 }

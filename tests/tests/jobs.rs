@@ -802,3 +802,124 @@ fn many_small_files_are_packed_into_splits_and_keep_their_names() {
         "index words vs wc words"
     );
 }
+
+// ---------------------------------------------------------------- grep on binary files
+
+/// Files that GNU grep 3.8 treats as text or binary (a NUL byte, in the C locale): text, a
+/// NUL near the start, a NUL after the first match (in the first 96 KiB block), a NUL past
+/// several blocks with matches after it, and one whose lines after the NUL never match.
+fn binary_corpus(dir: &Path) -> Vec<PathBuf> {
+    let mut rng = quern_tests::Rng(5);
+    let mut text_lines = |n: usize| -> Vec<u8> {
+        let words = ["foo", "bar", "baz", "foobar", "FOO", "x", ""];
+        let mut out = Vec::new();
+        for i in 0..n {
+            let a = words[rng.range(0, words.len() as u64) as usize];
+            let b = words[rng.range(0, words.len() as u64) as usize];
+            out.extend(format!("{a} {i} {b}\n").as_bytes());
+        }
+        out
+    };
+    let text = text_lines(2000);
+    let mut nul_start = b"head\0er\nbar\0foo\n".to_vec();
+    nul_start.extend(text_lines(50));
+    let mut after_match = b"zero\nfoo one\ntwo\n".to_vec();
+    after_match.extend(b"three\0bar\n");
+    after_match.extend(text_lines(40));
+    let mut late = text_lines(25_000); // ~330 KB: the NUL lands in the fourth block
+    let at = late.len() * 4 / 5;
+    let at = at
+        + late[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a line end")
+        + 1;
+    late.splice(at..at, b"bin\0ary foo\0\0bar\n".iter().copied());
+    let mut late_quiet = text_lines(16_000);
+    late_quiet.extend(b"\0\n");
+    late_quiet.extend("nothing selected here\n".repeat(100).as_bytes());
+    let files = [
+        ("text.txt", text),
+        ("nul-start.bin", nul_start),
+        ("nul-after-match.bin", after_match),
+        ("nul-late.bin", late),
+        ("nul-late-quiet.bin", late_quiet),
+    ];
+    files
+        .into_iter()
+        .map(|(name, bytes)| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("write");
+            path
+        })
+        .collect()
+}
+
+/// quern grep prints what GNU grep 3.8 prints for binary files (stdout, stderr and exit
+/// status), each file alone (in-process) and all together (on the local cluster), with small
+/// splits (files spread over many
+/// chunks: the client finds their first NUL) and with the default (each file one chunk:
+/// its map decides).
+#[test]
+fn grep_binary_files_match_gnu_grep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = binary_corpus(dir.path());
+    let cases: [&[&str]; 10] = [
+        &["foo"],
+        &["^bar"],
+        &["-v", "foo"],
+        &["-i", "-w", "foo"],
+        &["-c", "^bar"],
+        &["-c", "-v", "x"],
+        &["-l", "^bar"],
+        &["-q", "^bar"],
+        &["nothing"],
+        &["-c", "nothing"],
+    ];
+    let sets: Vec<&[PathBuf]> = (0..files.len())
+        .map(|i| &files[i..=i])
+        .chain(std::iter::once(&files[..]))
+        .collect();
+    for split in ["16KiB", "64MiB"] {
+        for flags in cases {
+            for set in &sets {
+                let paths: Vec<String> = set.iter().map(|f| p(f)).collect();
+                let mut args = vec!["grep".to_string(), "--split-size".into(), split.into()];
+                if set.len() == 1 {
+                    // The local cluster (the default) runs the set of all files.
+                    args.push("--in-process".into());
+                }
+                args.extend(flags.iter().map(|f| f.to_string()));
+                args.extend(paths.iter().cloned());
+                let ours = run(&args);
+                let gnu = std::process::Command::new("grep")
+                    .args(flags)
+                    .args(&paths)
+                    .env("LC_ALL", "C")
+                    .output()
+                    .expect("GNU grep runs");
+                let what = format!(
+                    "grep {} on {} (--split-size {split})",
+                    flags.join(" "),
+                    paths.join(" ")
+                );
+                assert_eq!(
+                    ours.code,
+                    gnu.status.code().unwrap_or(-1),
+                    "{what}: exit status"
+                );
+                assert!(
+                    ours.stdout == gnu.stdout,
+                    "{what}: {} bytes of stdout, GNU grep printed {}",
+                    ours.stdout.len(),
+                    gnu.stdout.len()
+                );
+                assert_eq!(
+                    ours.stderr,
+                    String::from_utf8_lossy(&gnu.stderr),
+                    "{what}: stderr"
+                );
+            }
+        }
+    }
+}
