@@ -434,6 +434,7 @@ mod tests {
                 "grep",
                 "index",
                 "sort",
+                "stream",
                 "teragen",
                 "terasort",
                 "teravalidate",
