@@ -232,6 +232,7 @@ fn job_spec() -> wire::JobSpec {
         worker_memory: 1 << 30,
         merge_factor: 1024,
         speculation: true,
+        backup_every_task: false,
         skip_bad_records: false,
         resume: false,
     }

@@ -86,9 +86,10 @@ pub struct RunArgs {
     /// The cluster secret, with --coordinator.
     #[arg(long)]
     secret_file: Option<PathBuf>,
-    /// Launch backup attempts for straggling tasks (LATE): on or off.
-    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    speculation: bool,
+    /// Launch backup attempts for straggling tasks (LATE): on, off, or always (a backup of
+    /// every task, to test a job's determinism).
+    #[arg(long, default_value = "on", value_enum)]
+    speculation: Speculation,
     /// Skip records that crash a map twice at the same place, and list them in the summary.
     #[arg(long)]
     skip_bad_records: bool,
@@ -432,12 +433,15 @@ fn parse_merge_factor(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("expected on or off, got {s:?}")),
-    }
+/// `--speculation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Speculation {
+    /// Back up stragglers (LATE).
+    On,
+    /// Never launch backups.
+    Off,
+    /// Back up every task, as soon as another worker has a free slot.
+    Always,
 }
 
 /// Resolves `HOST:PORT` (a name or an IP address) to the first address it names.
@@ -846,7 +850,8 @@ impl RunArgs {
             output: output.display().to_string(),
             worker_memory: self.memory(),
             merge_factor: self.merge_factor as u32,
-            speculation: self.speculation,
+            speculation: self.speculation != Speculation::Off,
+            backup_every_task: self.speculation == Speculation::Always,
             skip_bad_records: self.skip_bad_records,
             resume: self.resume,
         };

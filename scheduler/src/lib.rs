@@ -276,6 +276,10 @@ pub struct Config {
     /// Whether to launch speculative backups of straggling attempts (default true). See
     /// "Speculation" in the crate docs.
     pub speculation: bool,
+    /// Back up every running attempt, as soon as another worker has a free slot (a test and
+    /// benchmark mode: `--speculation always`; needs `speculation`). One backup per task,
+    /// no cap, no straggler test.
+    pub backup_every_task: bool,
     /// A running task is *slow* if its progress rate is below this percentile (`0.0..=1.0`)
     /// of the progress rates of its phase's running attempts (default 0.25).
     pub slow_task_percentile: f64,
@@ -317,6 +321,7 @@ impl Default for Config {
             fetch_failures_to_reexecute: 3,
             heartbeat_timeout: Duration::from_secs(2),
             speculation: true,
+            backup_every_task: false,
             slow_task_percentile: 0.25,
             speculative_cap: 0.1,
             min_runtime: Duration::from_secs(1),

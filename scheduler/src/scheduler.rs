@@ -1107,8 +1107,13 @@ impl Scheduler {
         // With speculation on, idle tasks avoid slow workers (see `place`).
         let mut slow = None;
         while let Some(&m) = self.idle_maps.first() {
+            if self.config.speculation && self.config.backup_every_task {
+                // Backups first: every task is to run twice.
+                self.back_up_everything(now, Phase::Map);
+            }
             if let Some(worker) = self.place(now, Phase::Map, &mut slow) {
                 self.launch(now, TaskId::map(m), worker, None);
+                self.forced_backup(now, TaskId::map(m), worker);
                 continue;
             }
             // No free slot (but perhaps on far slower workers, see `place`). Reducers may
@@ -1137,6 +1142,7 @@ impl Scheduler {
                 break;
             };
             self.launch(now, TaskId::reduce(r), worker, None);
+            self.forced_backup(now, TaskId::reduce(r), worker);
         }
         // A reduce cannot finish while a map output is missing: no reduce is a straggler
         // until every map output is available.
@@ -1250,6 +1256,10 @@ impl Scheduler {
         if !self.config.speculation || !room {
             return;
         }
+        if self.config.backup_every_task {
+            self.back_up_everything(now, phase);
+            return;
+        }
         // What a new attempt is expected to take: the mean duration of the attempts of this
         // phase that committed. Without one there is nothing to compare a straggler with.
         let (total, count) = self.committed_durations[phase as usize];
@@ -1351,6 +1361,41 @@ impl Scheduler {
             let reason = c.reason(phase, slow_rate, expected, self.config.slow_task_percentile);
             self.launch(now, c.task, worker, Some(reason));
             backups += 1;
+        }
+    }
+
+    /// `backup_every_task`: a backup of `task`, just launched on `on`, on another worker
+    /// with a free slot.
+    fn forced_backup(&mut self, now: Duration, task: TaskId, on: WorkerId) {
+        if !(self.config.speculation && self.config.backup_every_task) {
+            return;
+        }
+        if let Some(worker) = self.pick_worker_where(|w| w != on && self.takes(w, task.phase)) {
+            let reason = format!("backup of {task} (on {on}): every task is backed up");
+            self.launch(now, task, worker, Some(reason));
+        }
+    }
+
+    /// `backup_every_task`: a backup of each running task of `phase` that has none, on
+    /// another worker with a free slot.
+    fn back_up_everything(&mut self, now: Duration, phase: Phase) {
+        let mut running: BTreeMap<TaskId, Vec<(AttemptId, WorkerId)>> = BTreeMap::new();
+        for w in self.workers.values() {
+            for id in &w.running {
+                if let Some(a) = self.attempts.get(id) {
+                    running.entry(a.task).or_default().push((*id, a.worker));
+                }
+            }
+        }
+        for (task, ids) in running {
+            let (true, &[(id, on)]) = (task.phase == phase, ids.as_slice()) else {
+                continue;
+            };
+            let Some(worker) = self.pick_worker_where(|w| w != on && self.takes(w, phase)) else {
+                continue;
+            };
+            let reason = format!("backup of {task} ({id} on {on}): every task is backed up");
+            self.launch(now, task, worker, Some(reason));
         }
     }
 

@@ -745,3 +745,54 @@ fn an_idle_task_waits_for_a_busy_peer_rather_than_go_to_a_far_slower_worker() {
         "{commands:?}"
     );
 }
+
+#[test]
+fn backup_every_task_runs_each_task_twice_on_two_workers() {
+    let config = Config {
+        backup_every_task: true,
+        ..Config::new(2, 1)
+    };
+    let mut h = Harness::new(config, &[]);
+    let mut commands = Vec::new();
+    for i in 0..4 {
+        let worker = WorkerId(i);
+        commands.extend(h.event(ms(0), Event::WorkerJoined { worker, slots: 1 }));
+    }
+    // Commit the first attempt of each map; the reduce and its backup follow.
+    let mut originals: Vec<u64> = Vec::new();
+    for c in &commands {
+        if let Command::Assign {
+            attempt,
+            backup: None,
+            ..
+        } = c
+        {
+            originals.push(attempt.0);
+        }
+    }
+    assert_eq!(originals.len(), 2, "{commands:?}");
+    for &attempt in &originals {
+        commands.extend(h.ok(ms(100), attempt));
+    }
+    let mut on: BTreeMap<TaskId, Vec<WorkerId>> = BTreeMap::new();
+    for (task, worker) in assigned(&commands) {
+        on.entry(task).or_default().push(worker);
+    }
+    assert_eq!(on.len(), 3, "both maps and the reduce: {commands:?}");
+    for (task, workers) in &on {
+        assert_eq!(
+            workers.len(),
+            2,
+            "{task}: one original and one backup: {commands:?}"
+        );
+        assert_ne!(workers[0], workers[1], "{task}: on two workers");
+    }
+    // Without the flag, the same cluster runs each task once (the reduce waits on W2).
+    let mut plain = Harness::new(Config::new(2, 1), &[]);
+    let mut once = Vec::new();
+    for i in 0..4 {
+        let worker = WorkerId(i);
+        once.extend(plain.event(ms(0), Event::WorkerJoined { worker, slots: 1 }));
+    }
+    assert_eq!(assigned(&once).len(), 3, "{once:?}");
+}

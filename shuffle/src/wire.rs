@@ -100,6 +100,8 @@ pub struct JobSpec {
     pub merge_factor: u32,
     /// Launch backup attempts for stragglers.
     pub speculation: bool,
+    /// Back up every task (`--speculation always`, for tests and benchmarks).
+    pub backup_every_task: bool,
     /// Skip records that make a map fail twice at the same offset (paper §4.6).
     pub skip_bad_records: bool,
     /// Continue the job recorded in the output directory's journal instead of starting
@@ -483,6 +485,7 @@ mod tests {
                     worker_memory: 1 << 30,
                     merge_factor: 128,
                     speculation: true,
+                    backup_every_task: false,
                     skip_bad_records: false,
                     resume: false,
                 },

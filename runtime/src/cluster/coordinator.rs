@@ -943,6 +943,7 @@ impl Coordinator {
         let mut config = Config::new(spec.splits.len() as u32, spec.reducers);
         config.heartbeat_timeout = self.config.heartbeat_timeout;
         config.speculation = spec.speculation;
+        config.backup_every_task = spec.backup_every_task;
         config
     }
 

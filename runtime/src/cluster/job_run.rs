@@ -234,6 +234,7 @@ mod tests {
             worker_memory: 0,
             merge_factor: 0,
             speculation: true,
+            backup_every_task: false,
             skip_bad_records,
             resume: false,
         })
