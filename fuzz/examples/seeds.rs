@@ -365,6 +365,7 @@ fn control_messages() -> Result<Vec<(String, u8, Vec<u8>)>, Error> {
                     attempt: 3,
                     done: 500,
                     total: 1234,
+                    status: Some("halfway".into()),
                 }],
                 io: io.clone(),
                 work_dir_ok: true,

@@ -342,20 +342,28 @@ mod tests {
         }
     }
 
+    /// Input in 1000-byte slices.
+    struct Chunks<'a>(std::slice::Chunks<'a, u8>);
+
+    impl<'a> Feed<'a> for Chunks<'a> {
+        fn feed(&mut self, slices: &mut Vec<IoSlice<'a>>) -> bool {
+            match self.0.next() {
+                Some(c) => {
+                    slices.push(IoSlice::new(c));
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
     fn run(command: &str, input: &[u8]) -> (Result<Finished>, Collect) {
         let dir = tempfile::tempdir().expect("dir");
         let p = TaskProcess::spawn(command, dir.path(), &[("QUERN_T".into(), "42".into())])
             .expect("spawn");
         let mut collect = Collect::default();
-        let mut chunks = input.chunks(1000);
         let result = p.pump(
-            &mut |v| match chunks.next() {
-                Some(c) => {
-                    v.push(IoSlice::new(c));
-                    true
-                }
-                None => false,
-            },
+            &mut Chunks(input.chunks(1000)),
             &mut collect,
             Duration::from_secs(60),
         );
@@ -398,7 +406,7 @@ mod tests {
         .expect("spawn");
         let e = p
             .pump(
-                &mut |_| false,
+                &mut Chunks([].chunks(1)),
                 &mut Collect::default(),
                 Duration::from_millis(300),
             )

@@ -146,7 +146,7 @@ pub struct CounterMsg {
 }
 
 /// Progress of one running attempt.
-#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ProgressMsg {
     /// The attempt's job.
     pub job: u64,
@@ -156,6 +156,9 @@ pub struct ProgressMsg {
     pub done: u64,
     /// Total work (bytes); 0 when not yet known.
     pub total: u64,
+    /// The attempt's status message, if it set one (a streaming process's
+    /// `reporter:status:`).
+    pub status: Option<String>,
 }
 
 /// Bytes a worker has moved for one job so far (cumulative; for the rate plots).

@@ -9,7 +9,7 @@
 //! (renames parts, writes `_SUCCESS`) when the scheduler says the job is done; a failed or
 //! abandoned job (its client went away) is aborted and leaves no output.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,7 +32,7 @@ use super::job_run::{Finished, JobRun};
 use super::journal::{JournalFile, OnSynced, JOURNAL};
 use super::metrics::JobMetrics;
 use super::status::{
-    self, FinishedJob, JobStatus, PercentileRow, PhaseCounts, Status, WorkerStatus,
+    self, AttemptStatus, FinishedJob, JobStatus, PercentileRow, PhaseCounts, Status, WorkerStatus,
 };
 use super::{counters_to_msg, net_err, MAX_FRAME};
 use crate::output::OutputDir;
@@ -136,6 +136,8 @@ struct RunningJob {
     metrics: JobMetrics,
     /// Committed tasks last told to the client: (maps, reduces).
     progress_sent: (u32, u32),
+    /// The latest status message of each attempt that set one.
+    statuses: BTreeMap<AttemptId, String>,
 }
 
 impl RunningJob {
@@ -568,6 +570,11 @@ impl Coordinator {
         self.with_job(|job, now| {
             let id = job.run.id;
             job.note_io(worker, now, &io);
+            for p in progress.iter().filter(|p| p.job == id) {
+                if let Some(status) = &p.status {
+                    job.statuses.insert(AttemptId(p.attempt), status.clone());
+                }
+            }
             let progress = progress
                 .iter()
                 .filter(|p| p.job == id)
@@ -935,6 +942,7 @@ impl Coordinator {
                 synced: 0,
                 metrics: JobMetrics::new(),
                 progress_sent: (0, 0),
+                statuses: BTreeMap::new(),
             });
         }
     }
@@ -1021,6 +1029,7 @@ impl Coordinator {
             synced: 0,
             metrics: JobMetrics::new(),
             progress_sent: (0, 0),
+            statuses: BTreeMap::new(),
         };
         match ended {
             // The job had ended: finish what the crash interrupted (commit, or clean up).
@@ -1184,6 +1193,18 @@ impl Coordinator {
                 shuffle_bytes_per_s: shuffle,
                 output_bytes_per_s: output,
                 backups_launched: job.sched.stats().backups_launched,
+                statuses: job
+                    .statuses
+                    .iter()
+                    .filter_map(|(id, message)| {
+                        let a = job.sched.attempt(*id)?;
+                        (a.state == AttemptState::Running).then(|| AttemptStatus {
+                            attempt: id.0,
+                            task: a.task.to_string(),
+                            message: message.clone(),
+                        })
+                    })
+                    .collect(),
                 percentiles: job
                     .metrics
                     .percentiles()

@@ -87,8 +87,22 @@ pub struct JobStatus {
     pub output_bytes_per_s: f64,
     /// Speculative backup attempts launched so far.
     pub backups_launched: u64,
+    /// Running attempts that reported a status message.
+    #[serde(default)]
+    pub statuses: Vec<AttemptStatus>,
     /// Current percentiles of the job's histograms.
     pub percentiles: Vec<PercentileRow>,
+}
+
+/// A running attempt's own status message (e.g. a streaming process's `reporter:status:`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttemptStatus {
+    /// The attempt's id.
+    pub attempt: u64,
+    /// Its task, e.g. `map 3`.
+    pub task: String,
+    /// The message.
+    pub message: String,
 }
 
 /// The tasks of one phase, by state.
@@ -248,6 +262,22 @@ fn render_job(out: &mut String, job: Option<&JobStatus>) {
         mb_per_s(job.output_bytes_per_s),
         job.backups_launched
     );
+    if !job.statuses.is_empty() {
+        out.push_str(
+            "<table><tr><th class=\"l\">task</th><th>attempt</th>\
+             <th class=\"l\">status</th></tr>\n",
+        );
+        for s in &job.statuses {
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"l\">{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                escape(&s.task),
+                s.attempt,
+                escape(&s.message)
+            );
+        }
+        out.push_str("</table>\n");
+    }
 
     out.push_str("<h2>Percentiles</h2>\n");
     if job.percentiles.is_empty() {
@@ -465,6 +495,11 @@ mod tests {
                 shuffle_bytes_per_s: 0.0,
                 output_bytes_per_s: 0.0,
                 backups_launched: 1,
+                statuses: vec![AttemptStatus {
+                    attempt: 17,
+                    task: "map 4".into(),
+                    message: "halfway <there>".into(),
+                }],
                 percentiles: vec![PercentileRow {
                     name: "map_attempt".into(),
                     unit: "µs".into(),
@@ -585,6 +620,7 @@ mod tests {
             "9.50s ago",
             "terasort",
             "61.0s",
+            "<td class=\"l\">map 4</td><td>17</td><td class=\"l\">halfway &lt;there&gt;</td>",
         ] {
             assert!(html.contains(needle), "missing {needle}");
         }

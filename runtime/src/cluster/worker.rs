@@ -560,6 +560,7 @@ async fn heartbeats(shared: Arc<Shared>) {
                         attempt,
                         done,
                         total,
+                        status: a.control.status(),
                     }
                 })
                 .collect();
