@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use quern_jobs::grep::{GrepMode, GrepOptions, GrepParams};
 use quern_jobs::registry::{names as job, JobDescriptor, Registry};
 use quern_jobs::sort::{KeySpec, SortParams};
+use quern_jobs::stream::StreamParams;
 use quern_jobs::tera::{TeraGen, TeraSort, TeraValidate};
 use quern_jobs::text::{Index, WordCount};
 use quern_runtime::report::{self, hist, NamedHistogram, Report};
@@ -48,8 +49,13 @@ fn main() -> Result<(), Error> {
             &bytes,
             quern_fuzz::check_job_descriptor,
         )?;
-        // The parameters alone, after the byte that selects the job.
-        let mut params = vec![names.iter().position(|n| *n == desc.name).unwrap_or(0) as u8];
+        // The parameters alone, after the byte that selects the job (its place among the
+        // registered names: registering a job shifts the bytes, so regenerate the seeds).
+        let which = names
+            .iter()
+            .position(|n| *n == desc.name)
+            .ok_or_else(|| format!("job {:?} is not registered", desc.name))?;
+        let mut params = vec![u8::try_from(which)?];
         params.extend_from_slice(&desc.params);
         seeds.put(
             "job_descriptor",
@@ -528,6 +534,26 @@ fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
                     },
                     names: vec!["a.txt".into()],
                     first_nuls: vec![Some(98_304)],
+                    line_numbers: false,
+                },
+            )?,
+        ),
+        (
+            "grep_numbered",
+            r.descriptor(
+                job::GREP,
+                &GrepParams {
+                    pattern: "needle".into(),
+                    mode: GrepMode::Lines,
+                    options: GrepOptions {
+                        ignore_case: false,
+                        invert: true,
+                        word: false,
+                        fixed: true,
+                    },
+                    names: vec!["a.txt".into(), "b.txt".into()],
+                    first_nuls: vec![None, Some(7)],
+                    line_numbers: true,
                 },
             )?,
         ),
@@ -542,6 +568,25 @@ fn descriptors() -> Result<Vec<(&'static str, JobDescriptor)>, Error> {
                     reverse: true,
                     unique: true,
                     cuts: vec![b"\x03m".to_vec(), b"\xfc\x00".to_vec()],
+                },
+            )?,
+        ),
+        (
+            "stream",
+            r.descriptor(
+                job::STREAM,
+                &StreamParams {
+                    mapper: "tr -s ' ' '\\n'".into(),
+                    combiner: Some("uniq -c".into()),
+                    reducer: Some(
+                        "awk '{ n[$2] += $1 } END { for (w in n) print w, n[w] }'".into(),
+                    ),
+                    map_only: false,
+                    key_fields: 1,
+                    separator: b"\t".to_vec(),
+                    env: vec![("LC_ALL".into(), "C".into())],
+                    files: vec!["/usr/share/dict/words".into()],
+                    timeout_ms: 600_000,
                 },
             )?,
         ),

@@ -149,9 +149,9 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Print lines matching a regular expression, in input order, as grep does. Directories
-    /// are searched recursively. Exit status 0 if a line was selected, 1 if none was.
-    /// `-q` prints nothing and only sets the exit status.
+    /// Print lines matching a regular expression, in input order, as grep does (`-n`: with
+    /// their line numbers). Directories are searched recursively. Exit status 0 if a line
+    /// was selected, 1 if none was. `-q` prints nothing and only sets the exit status.
     // `-v` is grep's --invert-match here: the job's logging is `--verbose` only.
     #[command(mut_arg("verbose", |a| a.short(None)))]
     Grep {
@@ -181,6 +181,10 @@ enum Command {
         /// The pattern is a literal string, not a regex.
         #[arg(long, short = 'F')]
         fixed_strings: bool,
+        /// Prefix each printed line with its 1-based line number in its file (after the
+        /// file name when several files are searched). No effect with -c, -l or -q.
+        #[arg(long, short = 'n')]
+        line_number: bool,
         /// Print progress bars and the job summary on stderr (off for grep by default).
         #[arg(long)]
         stats: bool,
@@ -1100,6 +1104,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             invert_match,
             word_regexp,
             fixed_strings,
+            line_number,
             stats,
             mut run,
         } => {
@@ -1125,6 +1130,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
                 },
                 names: names(&files),
                 first_nuls: Vec::new(),
+                line_numbers: line_number,
             };
             // An invalid regex fails before anything runs.
             Grep::new(params.clone()).map_err(Error::Usage)?;
@@ -1135,7 +1141,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             }
             let reducers = run.fixed_reducers(
                 "grep",
-                Grep::reducers(mode),
+                params.reducers(),
                 "its output keeps input order (and directories are always searched recursively)",
             )?;
             let job = Prepared::new(registry, job::GREP, &params, plan, reducers)?;

@@ -5,6 +5,17 @@
 //! `-l`) each map counts its split's selected lines and one reducer sums them per file, in
 //! input order. With `-q` nothing is written and each split stops at its first selected line.
 //!
+//! Line numbers (`-n`): a map sees a chunk of a file, not the lines before it, so with `-n`
+//! the job gets one reducer that numbers the lines, in one pass over sorted keys. Each map
+//! emits, per chunk, its selected lines under `(file, chunk start, 0, line in chunk)` and
+//! then the chunk's line count under `(file, chunk start, 1)` ([`NumberedKey`], big-endian,
+//! so bytewise order is file order, then chunk order, a chunk's lines before its count).
+//! [`Job::reduce_partition`] walks them in that order keeping the lines of the file's
+//! earlier chunks: a selected line's number is that plus its place in its chunk, plus 1.
+//! Nothing scans a file from its start, and the shuffle holds only the selected lines and
+//! one count per chunk. (With `--skip-bad-records`, a skipped line is not counted, so the
+//! numbers after it in its file are one short.)
+//!
 //! Binary files, as GNU grep 3.8 treats them (in the C locale, where only NUL bytes make a
 //! file binary): GNU grep reads a file in blocks of [`GNU_BLOCK`] bytes, and once a block
 //! holds a NUL the file is binary from that block on. From there it prints no more lines;
@@ -23,7 +34,7 @@
 
 use quern_runtime::input::{Chunk, ChunkData};
 use quern_runtime::{
-    InputFile, InputFormat, Job, MapContext, Record, ReduceContext, Split, SplitInfo,
+    InputFile, InputFormat, Job, KeyGroups, MapContext, Record, ReduceContext, Split, SplitInfo,
 };
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -106,6 +117,74 @@ pub struct GrepParams {
     /// The first NUL of the files spread over several chunks, by input index (see
     /// [`first_nuls`]).
     pub first_nuls: Vec<Option<u64>>,
+    /// `-n`: prefix each printed line with its line number in its file (only
+    /// [`GrepMode::Lines`] prints lines; the other modes ignore it, as GNU grep does).
+    pub line_numbers: bool,
+}
+
+impl GrepParams {
+    /// Reduce tasks the job needs: one to sum per file (`-c`, `-l`) or to number lines
+    /// (`-n`), none to print lines as they are or for `-q`.
+    pub fn reducers(&self) -> u32 {
+        match self.mode {
+            GrepMode::Count | GrepMode::Files => 1,
+            GrepMode::Lines if self.line_numbers => 1,
+            GrepMode::Lines | GrepMode::Quiet => 0,
+        }
+    }
+}
+
+/// A key of a numbered grep's map output (`-n`; see the module doc): a selected line of a
+/// chunk, or the chunk's line count, which sorts after the chunk's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberedKey {
+    /// The input index of the chunk's file.
+    pub file: u32,
+    /// The chunk's first byte in its file.
+    pub chunk: u64,
+    /// `Some(i)`: the chunk's line `i` (0-based), whose value is the line; `None`: the
+    /// chunk's line count, whose value is the count (`u64`, big-endian).
+    pub line: Option<u64>,
+}
+
+impl NumberedKey {
+    /// The key's bytes, whose bytewise order is (file, chunk, lines before the count).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.file.to_be_bytes());
+        out.extend_from_slice(&self.chunk.to_be_bytes());
+        match self.line {
+            Some(i) => {
+                out.push(0);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            None => out.push(1),
+        }
+    }
+
+    /// Parses what [`NumberedKey::encode`] wrote (`None` for any other bytes).
+    pub fn decode(key: &[u8]) -> Option<NumberedKey> {
+        let file = u32::from_be_bytes(key.get(..4)?.try_into().ok()?);
+        let chunk = u64::from_be_bytes(key.get(4..12)?.try_into().ok()?);
+        let line = match key.get(12..)? {
+            [1] => None,
+            [0, i @ ..] => Some(u64::from_be_bytes(i.try_into().ok()?)),
+            _ => return None,
+        };
+        Some(NumberedKey { file, chunk, line })
+    }
+}
+
+/// What [`Grep::print_lines`] found in a chunk.
+#[derive(Debug, Clone, Copy, Default)]
+struct Printed {
+    /// Selected lines (at least 1 for a binary part that matched).
+    matches: u64,
+    /// Whether a line of the binary part was selected.
+    binary_match: bool,
+    /// Lines read: all the chunk's, unless it stopped at a binary part's match (then no
+    /// later line of the file is printed, so none needs a number).
+    lines: u64,
 }
 
 /// Searches lines for a pattern.
@@ -123,6 +202,9 @@ pub struct Grep {
     pub names: Vec<String>,
     /// The first NUL of the files spread over several chunks, by input index.
     pub first_nuls: Vec<Option<u64>>,
+    /// Print line numbers (`-n`, with [`GrepMode::Lines`]): maps emit [`NumberedKey`]s for
+    /// one reducer to number.
+    pub numbered: bool,
 }
 
 impl Grep {
@@ -134,6 +216,7 @@ impl Grep {
             options,
             names,
             first_nuls,
+            line_numbers,
         } = p;
         let mut expr = if options.fixed {
             regex::escape(&pattern)
@@ -164,15 +247,8 @@ impl Grep {
             with_names: names.len() > 1,
             names,
             first_nuls,
+            numbered: line_numbers && mode == GrepMode::Lines,
         })
-    }
-
-    /// Reduce tasks a grep in `mode` needs: one to sum per file, none to print lines.
-    pub fn reducers(mode: GrepMode) -> u32 {
-        match mode {
-            GrepMode::Count | GrepMode::Files => 1,
-            GrepMode::Lines | GrepMode::Quiet => 0,
-        }
     }
 
     fn selects(&self, line: &[u8]) -> bool {
@@ -188,7 +264,25 @@ impl Grep {
         line.split(|b| *b == 0).filter(|p| self.selects(p)).count() as u64
     }
 
-    fn write_line(&self, r: &Record<'_>, out: &mut Vec<u8>, ctx: &mut MapContext<'_>) {
+    /// Prints selected line `r`, the chunk's line `index` (0-based), of a chunk starting at
+    /// `chunk`: with `-n` as a [`NumberedKey`] for the reducer to number and name.
+    fn write_line(
+        &self,
+        (index, r): &(u64, Record<'_>),
+        chunk: u64,
+        out: &mut Vec<u8>,
+        ctx: &mut MapContext<'_>,
+    ) {
+        if self.numbered {
+            let key = NumberedKey {
+                file: r.input.index,
+                chunk,
+                line: Some(*index),
+            };
+            key.encode(out);
+            ctx.emit(out, r.data);
+            return;
+        }
         out.clear();
         if self.with_names {
             out.extend_from_slice(r.input.name.as_bytes());
@@ -200,28 +294,30 @@ impl Grep {
     }
 
     /// Prints the selected text lines of one chunk (of one file) in order, holding back
-    /// those of the current block until the block is known to be NUL-free. Returns the
-    /// selected lines (at least 1 for a binary part that matched), and whether the binary
-    /// part matched.
+    /// those of the current block until the block is known to be NUL-free.
     fn print_lines<'r>(
         &self,
         split: &SplitInfo<'_>,
         records: &mut dyn Iterator<Item = Record<'r>>,
         ctx: &mut MapContext<'_>,
-    ) -> (u64, bool) {
+    ) -> Printed {
         let block = |at: u64| at - at % GNU_BLOCK;
         // The line, with its newline, ends at or before `at`.
         let ends_before = |r: &Record<'_>, at: u64| r.offset + (r.data.len() as u64) < at;
+        let chunk = split.start;
         let mut binary_from = self
             .first_nuls
             .get(split.input.index as usize)
             .copied()
             .flatten()
             .map(block);
-        let (mut matches, mut binary_match) = (0u64, false);
-        let mut held: Vec<Record<'r>> = Vec::new();
+        let mut found = Printed::default();
+        // Selected lines not printed yet, with their index in the chunk.
+        let mut held: Vec<(u64, Record<'r>)> = Vec::new();
         let mut line = Vec::new();
         for r in records {
+            let index = found.lines;
+            found.lines += 1;
             if binary_from.is_none() {
                 if let Some(i) = memchr::memchr(0, r.data) {
                     binary_from = Some(block(r.offset + i as u64));
@@ -229,26 +325,26 @@ impl Grep {
             }
             // Held lines are text once a later line starts a new block without a NUL.
             let text_below = binary_from.unwrap_or_else(|| block(r.offset));
-            let text = held.partition_point(|h| ends_before(h, text_below));
+            let text = held.partition_point(|(_, h)| ends_before(h, text_below));
             for h in held.drain(..text) {
-                self.write_line(&h, &mut line, ctx);
+                self.write_line(&h, chunk, &mut line, ctx);
             }
             if binary_from.is_some() && !held.is_empty() {
-                binary_match = true; // a held line is selected, and in the binary part
+                found.binary_match = true; // a held line is selected, and in the binary part
                 held.clear();
             }
             match binary_from {
                 Some(b) if !ends_before(&r, b) => {
                     if self.selected(r.data) > 0 {
-                        matches += 1;
-                        binary_match = true;
+                        found.matches += 1;
+                        found.binary_match = true;
                         break; // GNU grep stops at a binary file's first match
                     }
                 }
                 _ => {
                     if self.selects(r.data) {
-                        matches += 1;
-                        held.push(r);
+                        found.matches += 1;
+                        held.push((index, r));
                     }
                 }
             }
@@ -256,11 +352,52 @@ impl Grep {
         // The chunk ends its file's NUL-free stretch, or its file (a file spread over
         // several chunks has its first NUL from the client).
         let text_below = binary_from.unwrap_or(u64::MAX);
-        let text = held.partition_point(|h| ends_before(h, text_below));
+        let text = held.partition_point(|(_, h)| ends_before(h, text_below));
         for h in held.drain(..text) {
-            self.write_line(&h, &mut line, ctx);
+            self.write_line(&h, chunk, &mut line, ctx);
         }
-        (matches, binary_match || !held.is_empty())
+        found.binary_match |= !held.is_empty();
+        found
+    }
+
+    /// Numbers and prints the selected lines of a `-n` grep's only partition: `keys` are
+    /// [`NumberedKey`]s, each file's chunks in order, each chunk's lines before its count.
+    fn number_lines(&self, keys: &mut KeyGroups<'_, '_>, ctx: &mut ReduceContext<'_>) {
+        // The file being numbered, and the lines of its chunks before the current one.
+        let mut file = None;
+        let mut before = 0u64;
+        while let Some((key, values)) = keys.next_key() {
+            let Some(k) = NumberedKey::decode(key) else {
+                ctx.fail(format!("grep -n: not a line-number key: {key:02x?}"));
+                return;
+            };
+            if file != Some(k.file) {
+                file = Some(k.file);
+                before = 0;
+            }
+            let Some(index) = k.line else {
+                for v in values {
+                    let Ok(lines) = <[u8; 8]>::try_from(*v) else {
+                        ctx.fail(format!("grep -n: not a line count: {v:02x?}"));
+                        return;
+                    };
+                    before = before.saturating_add(u64::from_be_bytes(lines));
+                }
+                continue;
+            };
+            let number = before.saturating_add(index).saturating_add(1).to_string();
+            for line in values {
+                if self.with_names {
+                    let name = self.names.get(k.file as usize).map_or("?", String::as_str);
+                    ctx.write(name.as_bytes());
+                    ctx.write(b":");
+                }
+                ctx.write(number.as_bytes());
+                ctx.write(b":");
+                ctx.write(line);
+                ctx.write(b"\n");
+            }
+        }
     }
 }
 
@@ -289,11 +426,21 @@ impl Job for Grep {
         ctx: &mut MapContext<'_>,
     ) {
         if self.mode == GrepMode::Lines {
-            let (matches, binary_match) = self.print_lines(split, records, ctx);
-            if binary_match {
+            let found = self.print_lines(split, records, ctx);
+            if found.binary_match {
                 ctx.count_named(binary_counter(split.input.index), 1);
             }
-            ctx.count(MATCHES, u128::from(matches));
+            if self.numbered {
+                let mut key = Vec::new();
+                NumberedKey {
+                    file: split.input.index,
+                    chunk: split.start,
+                    line: None,
+                }
+                .encode(&mut key);
+                ctx.emit(&key, &found.lines.to_be_bytes());
+            }
+            ctx.count(MATCHES, u128::from(found.matches));
             return;
         }
         let mut matches = 0u64;
@@ -312,6 +459,21 @@ impl Job for Grep {
 
     fn partition(&self, _key: &[u8], _reducers: u32) -> u32 {
         0
+    }
+
+    fn reduce_partition(
+        &self,
+        _partition: u32,
+        keys: &mut KeyGroups<'_, '_>,
+        ctx: &mut ReduceContext<'_>,
+    ) {
+        if self.numbered {
+            self.number_lines(keys, ctx);
+        } else {
+            while let Some((key, values)) = keys.next_key() {
+                self.reduce(key, &mut values.iter().copied(), ctx);
+            }
+        }
     }
 
     fn reduce(
@@ -338,5 +500,66 @@ impl Job for Grep {
         }
         ctx.write(total.to_string().as_bytes());
         ctx.write(b"\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_keys_round_trip_and_sort_lines_before_their_chunks_count() {
+        let keys = [
+            (0, 0, Some(0)),
+            (0, 0, Some(1)),
+            (0, 0, Some(u64::MAX)),
+            (0, 0, None),
+            (0, 1, Some(0)),
+            (0, 1, None),
+            (0, 1 << 40, Some(7)),
+            (0, 1 << 40, None),
+            (1, 0, Some(0)),
+            (1, 0, None),
+            (u32::MAX, u64::MAX, None),
+        ]
+        .map(|(file, chunk, line)| NumberedKey { file, chunk, line });
+        let mut encoded = Vec::new();
+        for k in keys {
+            let mut bytes = Vec::new();
+            k.encode(&mut bytes);
+            assert_eq!(NumberedKey::decode(&bytes), Some(k));
+            encoded.push(bytes);
+        }
+        assert!(
+            encoded.windows(2).all(|w| w[0] < w[1]),
+            "bytewise order is (file, chunk, lines before the count)"
+        );
+        // Too short, a line key without its line, a cut line, an unknown tag, a long count.
+        let chunk = [0u8; 12];
+        for tail in [&[][..], &[0], &[0; 8], &[2], &[1, 0]] {
+            let bad = [&chunk[..], tail].concat();
+            assert_eq!(NumberedKey::decode(&bad), None, "{bad:?}");
+        }
+        assert_eq!(NumberedKey::decode(&chunk[..11]), None);
+    }
+
+    #[test]
+    fn line_numbers_need_a_reducer_only_when_lines_are_printed() {
+        let params = |mode, line_numbers| GrepParams {
+            pattern: "a".into(),
+            mode,
+            options: GrepOptions::default(),
+            names: vec!["x".into()],
+            first_nuls: vec![],
+            line_numbers,
+        };
+        assert_eq!(params(GrepMode::Lines, true).reducers(), 1);
+        assert_eq!(params(GrepMode::Lines, false).reducers(), 0);
+        assert_eq!(params(GrepMode::Quiet, true).reducers(), 0);
+        assert_eq!(params(GrepMode::Count, true).reducers(), 1);
+        assert_eq!(params(GrepMode::Files, true).reducers(), 1);
+        let grep = |mode| Grep::new(params(mode, true)).map(|g| g.numbered);
+        assert_eq!(grep(GrepMode::Lines), Ok(true));
+        assert_eq!(grep(GrepMode::Count), Ok(false));
     }
 }

@@ -329,6 +329,7 @@ mod tests {
                     options: crate::grep::GrepOptions::default(),
                     names: vec!["x".into()],
                     first_nuls: vec![Some(3)],
+                    line_numbers: true,
                 },
             )
             .unwrap(),
@@ -394,6 +395,7 @@ mod tests {
                     options: crate::grep::GrepOptions::default(),
                     names: vec![],
                     first_nuls: vec![],
+                    line_numbers: false,
                 },
             )
             .unwrap();

@@ -588,8 +588,9 @@ fn grep_options_match_gnu_grep() {
         book("pg-being_ernest.txt"),
         book("pg-frankenstein.txt"),
     ];
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 13] = [
         &["-i", "gregor"],
+        &["-n", "-w", "-i", "the"],
         &["-v", "e"],
         &["-c", "-v", "the"],
         &["-w", "the"],
@@ -864,10 +865,12 @@ fn binary_corpus(dir: &Path) -> Vec<PathBuf> {
 fn grep_binary_files_match_gnu_grep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = binary_corpus(dir.path());
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 12] = [
         &["foo"],
         &["^bar"],
         &["-v", "foo"],
+        &["-n", "foo"],
+        &["-n", "-v", "foo"],
         &["-i", "-w", "foo"],
         &["-c", "^bar"],
         &["-c", "-v", "x"],
@@ -921,5 +924,171 @@ fn grep_binary_files_match_gnu_grep() {
                 );
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- grep -n
+
+/// Text files for `grep -n`: two files of ~100 KB (so 16 KiB splits cut each into several
+/// chunks), one of CRLF lines and one mixing CRLF and LF lines that ends without a newline,
+/// a file of a few long lines (longer than a split), an empty file, and a two-line file
+/// without a final newline.
+fn numbered_corpus(dir: &Path) -> Vec<PathBuf> {
+    let mut rng = quern_tests::Rng(11);
+    let words = [
+        "foo", "bar", "Foo", "FOOBAR", "a.b", "foo_bar", "x", "", "\r",
+    ];
+    let mut text = |n: usize, crlf: &dyn Fn(usize) -> bool| -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let a = words[rng.range(0, words.len() as u64) as usize];
+            let b = words[rng.range(0, words.len() as u64) as usize];
+            let line = if a.is_empty() {
+                b.to_string()
+            } else {
+                format!("{a} {b}")
+            };
+            out.extend(line.as_bytes());
+            out.extend(if crlf(i) { &b"\r\n"[..] } else { b"\n" });
+        }
+        out
+    };
+    let crlf = text(9_000, &|_| true);
+    let mut mixed = text(8_000, &|i| i % 3 == 0);
+    mixed.extend(b"foo at the end, without a newline");
+    let mut long = Vec::new();
+    for i in 0..6 {
+        long.extend(
+            format!("{i} foo ")
+                .repeat(if i % 2 == 0 { 5_000 } else { 3 })
+                .as_bytes(),
+        );
+        long.extend(b"\n");
+    }
+    let files = [
+        ("crlf.txt", crlf),
+        ("empty.txt", Vec::new()),
+        ("mixed.txt", mixed),
+        ("long.txt", long),
+        ("short.txt", b"bar\nfoo bar".to_vec()),
+    ];
+    files
+        .into_iter()
+        .map(|(name, bytes)| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("write");
+            path
+        })
+        .collect()
+}
+
+/// Runs GNU grep (`LC_ALL=C`, the peer) with `flags` on `paths`.
+fn gnu_grep(flags: &[&str], paths: &[String]) -> std::process::Output {
+    std::process::Command::new("grep")
+        .args(flags)
+        .args(paths)
+        .env("LC_ALL", "C")
+        .output()
+        .expect("GNU grep runs")
+}
+
+/// `quern grep -n` prints what GNU grep 3.8 `-n` prints (stdout, stderr and exit status),
+/// alone and with -v, -i, -w and -F, and changes nothing with -c, -l and -q: on all the files
+/// and on each one alone, in-process and on the local cluster, with files spread over many
+/// splits and with one chunk per file; and its part files concatenate to grep's stdout.
+#[test]
+fn grep_line_numbers_match_gnu_grep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = numbered_corpus(dir.path());
+    let cases: [&[&str]; 12] = [
+        &["-n", "foo"],
+        &["--line-number", "bar$"],
+        &["-n", "-v", "foo"],
+        &["-n", "-i", "foo"],
+        &["-n", "-w", "foo"],
+        &["-n", "-i", "-w", "-v", "bar"],
+        &["-n", "-F", "a.b"],
+        &["-n", "^$"],
+        &["-n", "-c", "foo"],
+        &["-n", "-l", "-v", "foo"],
+        &["-n", "-q", "bar"],
+        &["-n", "zzqqxx"],
+    ];
+    let all: Vec<String> = files.iter().map(|f| p(f)).collect();
+    // (paths, split size, mode flag): each file alone in-process, all files in every mode.
+    let mut runs: Vec<(Vec<String>, &str, Option<&str>)> = all
+        .iter()
+        .map(|f| (vec![f.clone()], "16KiB", Some("--in-process")))
+        .collect();
+    runs.push((all.clone(), "16KiB", Some("--in-process")));
+    runs.push((all.clone(), "16KiB", None)); // the local cluster
+    runs.push((all[2..3].to_vec(), "16KiB", None));
+    runs.push((all.clone(), "64MiB", Some("--sequential")));
+    for flags in cases {
+        let mut numbered_lines = 0;
+        for (paths, split, mode) in &runs {
+            let mut args = vec!["grep".to_string(), "--split-size".into(), split.to_string()];
+            args.extend(mode.map(String::from));
+            args.extend(flags.iter().map(|f| f.to_string()));
+            args.extend(paths.iter().cloned());
+            let ours = run(&args);
+            let gnu = gnu_grep(flags, paths);
+            let what = format!(
+                "grep {} on {} files ({} --split-size {split})",
+                flags.join(" "),
+                paths.len(),
+                mode.unwrap_or("local cluster")
+            );
+            assert_eq!(
+                ours.code,
+                gnu.status.code().unwrap_or(-1),
+                "{what}: exit status\n{}",
+                ours.stderr
+            );
+            assert!(
+                ours.stdout == gnu.stdout,
+                "{what}: {} bytes of stdout, GNU grep printed {}\n{}",
+                ours.stdout.len(),
+                gnu.stdout.len(),
+                first_difference(&ours.stdout, &gnu.stdout)
+            );
+            assert_eq!(ours.stderr, String::from_utf8_lossy(&gnu.stderr), "{what}");
+            numbered_lines += gnu.stdout.iter().filter(|b| **b == b'\n').count();
+        }
+        if !["-c", "-l", "-q", "zzqqxx"]
+            .iter()
+            .any(|f| flags.contains(f))
+        {
+            assert!(numbered_lines > 0, "grep {flags:?} selects lines");
+        }
+    }
+
+    // Written to a directory: one part (the reducer's), which is grep's stdout.
+    let out = dir.path().join("out");
+    let mut args = vec!["grep", "--split-size", "16KiB", "-n", "-i", "foo", "-o"];
+    let out_arg = p(&out);
+    args.push(&out_arg);
+    args.extend(all.iter().map(String::as_str));
+    run(&args).ok();
+    assert_committed(&out, 1);
+    let gnu = gnu_grep(&["-n", "-i", "foo"], &all);
+    assert!(gnu.stdout.len() > 100_000, "a large output");
+    assert!(
+        concat_parts(&out) == gnu.stdout,
+        "part files of grep -n -i foo"
+    );
+}
+
+/// Where two outputs first differ, for assertion messages.
+fn first_difference(ours: &[u8], theirs: &[u8]) -> String {
+    let (a, b) = (lines(ours), lines(theirs));
+    match a.zip(b).enumerate().find(|(_, (x, y))| x != y) {
+        Some((i, (x, y))) => format!(
+            "line {}: ours {:?}, GNU grep's {:?}",
+            i + 1,
+            String::from_utf8_lossy(x),
+            String::from_utf8_lossy(y)
+        ),
+        None => "one is a prefix of the other".into(),
     }
 }
