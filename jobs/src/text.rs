@@ -25,6 +25,24 @@ pub fn is_letter(c: char) -> bool {
 
 /// Calls `f` with each word of `line`, in order.
 pub fn for_each_word(line: &[u8], mut f: impl FnMut(&[u8])) {
+    if line.is_ascii() {
+        // The common case, byte by byte: ASCII letters are the only ASCII word characters.
+        let mut start = None;
+        for (i, &b) in line.iter().enumerate() {
+            match (b.is_ascii_alphabetic(), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    f(&line[s..i]);
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            f(&line[s..]);
+        }
+        return;
+    }
     for chunk in line.utf8_chunks() {
         let s = chunk.valid();
         let mut start = None;
@@ -78,6 +96,18 @@ impl Job for WordCount {
         emit: &mut dyn FnMut(&[u8]),
     ) {
         emit(&sum_u64(values).to_le_bytes());
+    }
+
+    fn folds_values(&self) -> bool {
+        true
+    }
+
+    fn fold_value(&self, _key: &[u8], acc: &mut [u8], value: &[u8]) -> bool {
+        let (Ok(a), Ok(v)) = (<&mut [u8; 8]>::try_from(acc), <&[u8; 8]>::try_from(value)) else {
+            return false;
+        };
+        *a = (u64::from_le_bytes(*a) + u64::from_le_bytes(*v)).to_le_bytes();
+        true
     }
 
     fn reduce(

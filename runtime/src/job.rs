@@ -584,6 +584,24 @@ pub trait Job: Send + Sync {
         }
     }
 
+    /// True if [`Job::fold_value`] folds values in place (checked only when
+    /// [`Job::has_combiner`] is true). The map task then keeps one value per distinct key in
+    /// a hash table as it maps (in-mapper combining, Spark's map-side combine) and sorts and
+    /// spills only the table's contents, instead of sorting every emitted pair.
+    fn folds_values(&self) -> bool {
+        false
+    }
+
+    /// Folds `value` into `acc`, both values of `key` from one map task, in place. The
+    /// result must be what [`Job::combine`] makes of the two values in either order (a sum,
+    /// a minimum, a bitwise or): values reach the fold in emit order, not sorted. Returns
+    /// false when it cannot (the default; or, say, values of different lengths): the pair
+    /// is then kept beside `acc` and [`Job::combine`] sees both when the buffer is spilled.
+    fn fold_value(&self, key: &[u8], acc: &mut [u8], value: &[u8]) -> bool {
+        let _ = (key, acc, value);
+        false
+    }
+
     /// True if [`Job::combine_run`] replaces [`Job::combine`]: the combiner then sees each
     /// partition of each spill whole, as a process or a stateful fold needs.
     fn combines_runs(&self) -> bool {

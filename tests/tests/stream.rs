@@ -67,6 +67,45 @@ fn awk_word_count_matches_an_independent_count_on_the_cluster_and_sequentially()
     }
 }
 
+/// The README's Python word count, as printed there (`# m.py` and `# r.py` blocks).
+fn readme_script(name: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read README.md");
+    let start = readme
+        .find(&format!("```python\n# {name}"))
+        .unwrap_or_else(|| panic!("README.md has no ```python block for {name}"));
+    let body = &readme[start + "```python\n".len()..];
+    body[..body.find("```").expect("block ends")].to_string()
+}
+
+#[test]
+fn the_readme_python_word_count_runs_as_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["m.py", "r.py"] {
+        std::fs::write(dir.path().join(name), readme_script(name)).expect("write script");
+    }
+    let books = books();
+    // Words as Python's str.split() sees them (the corpus is ASCII text).
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for b in &books {
+        let text = std::fs::read_to_string(b).expect("read book");
+        for w in text.split_ascii_whitespace() {
+            *want.entry(w.to_string()).or_default() += 1;
+        }
+    }
+    let mut want: Vec<String> = want.iter().map(|(w, n)| format!("{w} {n}")).collect();
+    want.sort();
+    let (m, r) = (p(&dir.path().join("m.py")), p(&dir.path().join("r.py")));
+    let inputs: Vec<String> = books.iter().map(|b| p(b)).collect();
+    let mut args: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    args.extend(["--mapper", "python3 m.py", "--reducer", "python3 r.py"]);
+    args.extend(["--file", &m, "--file", &r, "--reducers", "2", "-q"]);
+    let (o, out) = stream(dir.path(), "out", &args);
+    o.ok();
+    assert_committed(&out, 2);
+    assert_eq!(sorted_lines(&concat_parts(&out)), want);
+}
+
 #[test]
 fn the_identity_reducer_sorts_and_map_only_keeps_input_order() {
     let dir = tempfile::tempdir().expect("tempdir");

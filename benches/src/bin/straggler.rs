@@ -23,6 +23,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use quern_benches::{median, run};
+
 struct Args {
     records: u64,
     workers: usize,
@@ -182,20 +184,6 @@ impl Cluster {
     }
 }
 
-/// Runs `cmd` to success; returns its stdout and stderr.
-fn run(cmd: &mut Command) -> Result<(String, String), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}):\n{stdout}{stderr}",
-            out.status
-        ));
-    }
-    Ok((stdout, stderr))
-}
-
 /// The value of the line `Key: value` of a `quern` report.
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
@@ -270,11 +258,6 @@ impl Bench<'_> {
         std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         Ok(Timed { secs, attempts })
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn bench() -> Result<(), String> {
