@@ -433,10 +433,11 @@ fn run_with_kills(args: &[String], out: &Path, seed: u64) -> (Outcome, usize) {
 fn crash_random_workers_output_equals_sequential() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    // Jobs of about a second on a healthy cluster, of 100-200 small maps: each kill hits
-    // a running job (and delays it by the heartbeat timeout).
-    let gen = teragen(dir.path(), "gen", 800_000, 2);
-    let text = corpus_copies(dir.path(), "text", 4, 1);
+    // Jobs of one to two seconds on a quiet healthy cluster, of 300-400 small maps: each
+    // kill hits a running job (and delays it by the heartbeat timeout). (At 80 MB the
+    // terasort took 0.4 s on a quiet machine and no kill hit a running attempt.)
+    let gen = teragen(dir.path(), "gen", 2_000_000, 2);
+    let text = corpus_copies(dir.path(), "text", 10, 1);
     let jobs: [(&str, Vec<String>); 2] = [
         (
             "terasort",
@@ -493,8 +494,9 @@ fn crash_random_workers_output_equals_sequential() {
 fn stalled_worker_is_replaced_and_its_late_results_discarded() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    // 16 MB of text in 512 KiB splits: ~2 s on two workers of one slot.
-    let text = corpus_copies(dir.path(), "text", 5, 1);
+    // 96 MB of text in 512 KiB splits: ~1.5 s on two workers of one slot (word count
+    // combines in the mapper: 16 MB took 0.24 s, too short to stop a worker in).
+    let text = corpus_copies(dir.path(), "text", 30, 1);
     let args = s(&["wc", &p(&text), "-r", "2", "--split-size", "512KiB"]);
     let reference = sequential("wc", &args, dir.path());
 
@@ -711,8 +713,10 @@ fn straggler_round(
 fn straggler_speculation_keeps_the_job_fast() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    // 64 MB of text, 40 similar maps (2 MiB splits).
-    let text = corpus_copies(dir.path(), "text", 20, 1);
+    // 192 MB of text, 100 similar maps (2 MiB splits): a healthy run of about 2 s, long
+    // enough beside the 1 s speculation waits before a backup (64 MB took 0.6 s once word
+    // count combined in the mapper).
+    let text = corpus_copies(dir.path(), "text", 60, 1);
     let args = s(&["wc", &p(&text), "-r", "2", "--split-size", "2MiB"]);
     let reference = sequential("wc", &args, dir.path());
     let mut rounds = Vec::new();

@@ -518,6 +518,11 @@ impl Peers {
         }
         if peers.has("pyspark") && !peers.has("java") {
             peers.notes.push("Spark skipped: no java".into());
+            for (name, v) in &mut peers.versions {
+                if name == "pyspark" {
+                    *v = None;
+                }
+            }
         }
         peers
     }
@@ -605,6 +610,27 @@ impl Bench<'_> {
         Command::new(&self.quern)
     }
 
+    /// Adds a tool for each installed Python peer of `scripts` (module, name, script): the
+    /// script run with `input` and the output path.
+    fn python_tools<'a>(
+        &self,
+        tools: &mut Vec<Tool<'a>>,
+        scripts: &'a [(&str, &str, String)],
+        input: &'a Path,
+        check: &'a (dyn Fn(&Path, &Path) -> Result<(), String> + 'a),
+    ) {
+        for (module, name, script) in scripts {
+            if self.peers.has(module) {
+                tools.push(Tool {
+                    name: name.to_string(),
+                    make: Box::new(move |out| python(script, &[input, out])),
+                    check: Box::new(check),
+                    floor: false,
+                });
+            }
+        }
+    }
+
     fn sort(&self, bytes: u64) -> Result<Workload, String> {
         let input = records(&self.quern, &self.dir, bytes)?;
         let inputs = parts(&input)?;
@@ -620,7 +646,11 @@ impl Bench<'_> {
                 .args(&inputs))?;
             std::fs::rename(&tmp, &reference).map_err(io_err(&reference))?;
         }
-        let (script_duckdb, script_polars) = (duckdb_sort(), polars_sort());
+        let scripts = [
+            ("duckdb", "DuckDB", duckdb_sort()),
+            ("polars", "Polars", polars_sort()),
+            ("pyspark", "Spark local mode", SPARK_SORT.to_string()),
+        ];
         let check: &dyn Fn(&Path, &Path) -> Result<(), String> =
             &|out: &Path, _: &Path| same_lines(out, &reference);
         let mut tools: Vec<Tool<'_>> = vec![Tool {
@@ -650,30 +680,7 @@ impl Bench<'_> {
             check: Box::new(check),
             floor: false,
         });
-        if self.peers.has("duckdb") {
-            tools.push(Tool {
-                name: "DuckDB".into(),
-                make: Box::new(|out| python(&script_duckdb, &[&input, out])),
-                check: Box::new(check),
-                floor: false,
-            });
-        }
-        if self.peers.has("polars") {
-            tools.push(Tool {
-                name: "Polars".into(),
-                make: Box::new(|out| python(&script_polars, &[&input, out])),
-                check: Box::new(check),
-                floor: false,
-            });
-        }
-        if self.peers.has("pyspark") && self.peers.has("java") {
-            tools.push(Tool {
-                name: "Spark local mode".into(),
-                make: Box::new(|out| python(SPARK_SORT, &[&input, out])),
-                check: Box::new(check),
-                floor: false,
-            });
-        }
+        self.python_tools(&mut tools, &scripts, &input, check);
         tools.push(Tool {
             name: "cp -r (the floor)".into(),
             make: Box::new(|out| {
@@ -695,7 +702,10 @@ impl Bench<'_> {
 
     fn wc(&self, corpus: &Corpus, bytes: u64) -> Result<Workload, String> {
         let text = &corpus.text;
-        let (script_duckdb, script_polars) = (duckdb_wc(), polars_wc());
+        let scripts = [
+            ("polars", "Polars", polars_wc()),
+            ("duckdb", "DuckDB", duckdb_wc()),
+        ];
         let check = |out: &Path, _: &Path| same_counts(out, &corpus.counts);
         let mut tools: Vec<Tool<'_>> = vec![Tool {
             name: "quern wc".into(),
@@ -707,22 +717,7 @@ impl Bench<'_> {
             check: Box::new(check),
             floor: false,
         }];
-        if self.peers.has("polars") {
-            tools.push(Tool {
-                name: "Polars".into(),
-                make: Box::new(|out| python(&script_polars, &[text, out])),
-                check: Box::new(check),
-                floor: false,
-            });
-        }
-        if self.peers.has("duckdb") {
-            tools.push(Tool {
-                name: "DuckDB".into(),
-                make: Box::new(|out| python(&script_duckdb, &[text, out])),
-                check: Box::new(check),
-                floor: false,
-            });
-        }
+        self.python_tools(&mut tools, &scripts, text, &check);
         if self.peers.has("mawk") {
             tools.push(Tool {
                 name: "mawk".into(),
