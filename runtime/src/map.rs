@@ -10,6 +10,8 @@
 //! A job whose values fold in place ([`Job::folds_values`], e.g. word count's sums) keeps
 //! one entry per distinct key instead: a hash table over the buffered keys finds the entry
 //! of each emitted key, the value is folded into it, and only distinct keys are sorted.
+//! Its pairs wait in a batch of 16 (a second, small copy) so that their lookups' cache
+//! misses overlap.
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -906,16 +908,13 @@ pub fn run_map(
         control,
         MAP_UNITS,
     );
-    if let Some(e) = buffer.error.take() {
-        buffer.remove_runs();
-        return Err(e);
-    }
-    let read = read.inspect_err(|_| buffer.remove_runs())?;
+    // A folding job's last pairs still wait for their lookups.
     buffer.drain_pending();
     if let Some(e) = buffer.error.take() {
         buffer.remove_runs();
         return Err(e);
     }
+    let read = read.inspect_err(|_| buffer.remove_runs())?;
     buffer
         .spill(split.len())
         .inspect_err(|_| buffer.remove_runs())?;

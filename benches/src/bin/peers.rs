@@ -709,11 +709,7 @@ impl Bench<'_> {
         let check = |out: &Path, _: &Path| same_counts(out, &corpus.counts);
         let mut tools: Vec<Tool<'_>> = vec![Tool {
             name: "quern wc".into(),
-            make: Box::new(|out| {
-                let mut c = self.quern();
-                c.args(["wc", "-q"]).arg(text).arg("--output").arg(out);
-                c
-            }),
+            make: Box::new(|out| self.wc_command(text, out)),
             check: Box::new(check),
             floor: false,
         }];
@@ -832,11 +828,7 @@ impl Bench<'_> {
         let text = &corpus.text;
         let tools = vec![Tool {
             name: "quern wc (local cluster)".into(),
-            make: Box::new(|out| {
-                let mut c = self.quern();
-                c.args(["wc", "-q"]).arg(text).arg("--output").arg(out);
-                c
-            }),
+            make: Box::new(|out| self.wc_command(text, out)),
             check: Box::new(|out, _| same_counts(out, &corpus.counts)),
             floor: false,
         }];
@@ -847,6 +839,13 @@ impl Bench<'_> {
             bytes: 1_000_000,
             timings: time_all(&self.dir, self.args.runs.max(5), &tools),
         })
+    }
+
+    /// `quern wc` of `text` into `out`.
+    fn wc_command(&self, text: &Path, out: &Path) -> Command {
+        let mut c = self.quern();
+        c.args(["wc", "-q"]).arg(text).arg("--output").arg(out);
+        c
     }
 
     /// `quern stream` over `text` into `out`.
@@ -887,11 +886,7 @@ impl Bench<'_> {
         let tools = vec![
             Tool {
                 name: "quern wc (built in)".into(),
-                make: Box::new(|out| {
-                    let mut c = self.quern();
-                    c.args(["wc", "-q"]).arg(text).arg("--output").arg(out);
-                    c
-                }),
+                make: Box::new(|out| self.wc_command(text, out)),
                 check: Box::new(check),
                 floor: false,
             },
