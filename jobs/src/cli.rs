@@ -181,6 +181,9 @@ enum Command {
         /// The pattern is a literal string, not a regex.
         #[arg(long, short = 'F')]
         fixed_strings: bool,
+        /// Accepted as grep accepts it: patterns are extended regexes already (Rust syntax).
+        #[arg(long, short = 'E', conflicts_with = "fixed_strings")]
+        extended_regexp: bool,
         /// Prefix each printed line with its 1-based line number in its file (after the
         /// file name when several files are searched). No effect with -c, -l or -q.
         #[arg(long, short = 'n')]
@@ -1104,6 +1107,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             invert_match,
             word_regexp,
             fixed_strings,
+            extended_regexp: _,
             line_number,
             stats,
             mut run,

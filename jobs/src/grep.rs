@@ -32,7 +32,7 @@
 //! boundary, so for a first NUL beyond the first block the cut-off is exact only when lines
 //! are short; files with holes, which GNU grep also treats as binary, are not detected.
 
-use quern_runtime::input::{Chunk, ChunkData};
+use quern_runtime::input::{line_count, Chunk, ChunkData};
 use quern_runtime::{
     InputFile, InputFormat, Job, KeyGroups, MapContext, Record, ReduceContext, Split, SplitInfo,
 };
@@ -205,6 +205,52 @@ pub struct Grep {
     /// Print line numbers (`-n`, with [`GrepMode::Lines`]): maps emit [`NumberedKey`]s for
     /// one reducer to number.
     pub numbered: bool,
+    /// The pattern compiled to search a whole chunk at once (`^` and `$` at line ends), for
+    /// the modes that only count; `None` when a match could cross or depend on a line end
+    /// (see `chunk_regex`), or lines are printed.
+    pub chunk_regex: Option<Regex>,
+}
+
+/// `expr` compiled for searching a chunk of lines as one haystack, when that finds exactly
+/// the lines a search line by line would: no match can hold a `\n` (no literal or class of
+/// the pattern contains one) and no assertion looks at the haystack's own ends (`\A`, `\z`,
+/// `(?-m)^`); `^` and `$` then match at line ends, as they match at a line's ends when each
+/// line is searched alone. ripgrep searches buffers the same way, for the same reason.
+fn chunk_regex(expr: &str, ignore_case: bool) -> Option<Regex> {
+    use regex_syntax::hir::{Class, Hir, HirKind, Look};
+    fn line_bound(h: &Hir) -> bool {
+        match h.kind() {
+            HirKind::Empty => true,
+            HirKind::Literal(l) => !l.0.contains(&b'\n'),
+            HirKind::Class(Class::Unicode(c)) => {
+                !c.iter().any(|r| r.start() <= '\n' && '\n' <= r.end())
+            }
+            HirKind::Class(Class::Bytes(c)) => {
+                !c.iter().any(|r| r.start() <= b'\n' && b'\n' <= r.end())
+            }
+            HirKind::Look(l) => {
+                !matches!(l, Look::Start | Look::End | Look::StartCRLF | Look::EndCRLF)
+            }
+            HirKind::Repetition(r) => line_bound(&r.sub),
+            HirKind::Capture(c) => line_bound(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().all(line_bound),
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .case_insensitive(ignore_case)
+        .multi_line(true)
+        .utf8(false)
+        .build()
+        .parse(expr)
+        .ok()?;
+    if !line_bound(&hir) {
+        return None;
+    }
+    RegexBuilder::new(expr)
+        .case_insensitive(ignore_case)
+        .multi_line(true)
+        .build()
+        .ok()
 }
 
 impl Grep {
@@ -240,8 +286,13 @@ impl Grep {
                     .join(" ");
                 format!("invalid regex {pattern:?}: {detail}")
             })?;
+        let chunk_regex = match mode {
+            GrepMode::Lines => None,
+            _ => chunk_regex(&expr, options.ignore_case),
+        };
         Ok(Grep {
             regex,
+            chunk_regex,
             invert: options.invert,
             mode,
             with_names: names.len() > 1,
@@ -360,6 +411,15 @@ impl Grep {
         found
     }
 
+    /// Reports the `selected` lines of a chunk that `-c`, `-l` or `-q` searched.
+    fn count_chunk(&self, split: &SplitInfo<'_>, selected: u64, ctx: &mut MapContext<'_>) {
+        if let GrepMode::Count | GrepMode::Files = self.mode {
+            // One pair per chunk, even for zero matches: every file gets a count line.
+            ctx.emit(&split.input.index.to_be_bytes(), &selected.to_be_bytes());
+        }
+        ctx.count(MATCHES, u128::from(selected));
+    }
+
     /// Numbers and prints the selected lines of a `-n` grep's only partition: `keys` are
     /// [`NumberedKey`]s, each file's chunks in order, each chunk's lines before its count.
     fn number_lines(&self, keys: &mut KeyGroups<'_, '_>, ctx: &mut ReduceContext<'_>) {
@@ -399,6 +459,26 @@ impl Grep {
             }
         }
     }
+}
+
+/// Lines of `bytes` holding a match of `regex` (a [`chunk_regex`]), up to the first one
+/// with `first`: one search of the chunk, going on from the next line after each match.
+fn matching_lines(regex: &Regex, bytes: &[u8], first: bool) -> u64 {
+    if bytes.is_empty() {
+        return 0;
+    }
+    // Without the last line's `\n` the haystack ends where that line does, and no empty
+    // line follows it for `^$` to match.
+    let hay = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let (mut lines, mut at) = (0u64, 0usize);
+    while let Some(m) = regex.find_at(hay, at) {
+        lines += 1;
+        match memchr::memchr(b'\n', &hay[m.start()..]) {
+            Some(i) if !first => at = m.start() + i + 1,
+            _ => break,
+        }
+    }
+    lines
 }
 
 impl Job for Grep {
@@ -450,11 +530,28 @@ impl Job for Grep {
                 break; // one selected line says it all
             }
         }
-        if let GrepMode::Count | GrepMode::Files = self.mode {
-            // One pair per split, even for zero matches: every file gets a count line.
-            ctx.emit(&split.input.index.to_be_bytes(), &matches.to_be_bytes());
+        self.count_chunk(split, matches, ctx);
+    }
+
+    /// `-c`, `-l` and `-q`: one search of the whole chunk (see `chunk_regex`); after each
+    /// match the search goes on from the next line. A chunk holding a NUL, whose lines GNU
+    /// grep cuts at its NULs, is searched line by line.
+    fn map_chunk(&self, split: &SplitInfo<'_>, bytes: &[u8], ctx: &mut MapContext<'_>) -> bool {
+        let Some(regex) = &self.chunk_regex else {
+            return false;
+        };
+        if memchr::memchr(0, bytes).is_some() {
+            return false;
         }
-        ctx.count(MATCHES, u128::from(matches));
+        // With -q one selected line says it all.
+        let matching = matching_lines(regex, bytes, self.mode == GrepMode::Quiet && !self.invert);
+        let selected = if self.invert {
+            line_count(bytes) - matching
+        } else {
+            matching
+        };
+        self.count_chunk(split, selected, ctx);
+        true
     }
 
     fn partition(&self, _key: &[u8], _reducers: u32) -> u32 {
@@ -541,6 +638,56 @@ mod tests {
             assert_eq!(NumberedKey::decode(&bad), None, "{bad:?}");
         }
         assert_eq!(NumberedKey::decode(&chunk[..11]), None);
+    }
+
+    #[test]
+    fn a_chunk_searched_at_once_finds_the_lines_a_search_per_line_finds() {
+        let text: &[u8] = b"alpha beta\n\nbeta\r\nxalpha\n  \nthe word alpha.\nlast alpha";
+        let cases: &[(&str, bool)] = &[
+            ("alpha", false),
+            ("ALPHA", true),
+            ("^alpha", false),
+            ("alpha$", false),
+            ("beta\r$", false),
+            ("^$", false),
+            ("^ *$", false),
+            ("a*", false),
+            ("(?-u:\\b)(?:alpha)(?-u:\\b)", false),
+            (r"\balpha\b", false),
+            ("[a-z]+ph[a-z]", false),
+            ("x|^b", false),
+            ("zzz", false),
+        ];
+        for &(expr, ignore_case) in cases {
+            let per_line = RegexBuilder::new(expr)
+                .case_insensitive(ignore_case)
+                .build()
+                .unwrap();
+            let chunk = chunk_regex(expr, ignore_case)
+                .unwrap_or_else(|| panic!("{expr:?} cannot cross a line"));
+            // Ending without a newline, with one, and with an empty last line.
+            for end in [&b""[..], b"\n", b"\n\n"] {
+                let text = [text, end].concat();
+                let lines = text
+                    .strip_suffix(b"\n")
+                    .unwrap_or(&text)
+                    .split(|b| *b == b'\n');
+                let want = lines.filter(|l| per_line.is_match(l)).count() as u64;
+                let what = format!("{expr:?} ending {end:?}");
+                assert_eq!(matching_lines(&chunk, &text, false), want, "{what}");
+                assert_eq!(matching_lines(&chunk, &text, true), want.min(1), "{what}");
+            }
+        }
+        assert_eq!(
+            matching_lines(&chunk_regex("^$", false).unwrap(), b"", false),
+            0
+        );
+        // A pattern that could match across or at the chunk's own ends is searched per line.
+        for expr in [
+            r"a\nb", r"[^a]", r"\s", "(?s).", r"\Aalpha", r"alpha\z", "(?-m)^a", "(?R)^a",
+        ] {
+            assert!(chunk_regex(expr, false).is_none(), "{expr:?}");
+        }
     }
 
     #[test]

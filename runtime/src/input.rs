@@ -434,6 +434,13 @@ impl ChunkData {
     }
 }
 
+/// Lines in `bytes` as [`InputFormat::Lines`] reads them: one per `\n`, and a last one
+/// without a terminator.
+pub fn line_count(bytes: &[u8]) -> u64 {
+    let unterminated = bytes.last().is_some_and(|&b| b != b'\n');
+    bytecount::count(bytes, b'\n') as u64 + u64::from(unterminated)
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`; a file that shrank since planning is an
 /// error naming how many bytes were missing.
 fn read_exact_at(file: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {

@@ -248,6 +248,12 @@ impl TaskControl {
         self.faults.panic_on.as_deref()
     }
 
+    /// True when the attempt must see every record itself: it has records to skip or
+    /// faults to suffer, so it may not be mapped chunk by chunk ([`Job::map_chunk`]).
+    pub(crate) fn needs_records(&self) -> bool {
+        !self.skip.is_empty() || self.faults != Faults::default()
+    }
+
     /// Names the attempt this control supervises.
     pub fn with_attempt(mut self, info: AttemptInfo) -> TaskControl {
         self.attempt = Some(info);
@@ -562,6 +568,19 @@ pub trait Job: Send + Sync {
         for record in records {
             self.map(&record, ctx);
         }
+    }
+
+    /// Maps one chunk of [`InputFormat::Lines`] input from its bytes (`bytes` is the chunk,
+    /// `split.start` its first byte in the file) instead of record by record: for a job that
+    /// does its work faster over the whole buffer, as grep counting matches does with one
+    /// search of the chunk instead of one per line. Returns false, having emitted nothing,
+    /// to be fed the chunk's records through [`Job::map_split`] instead (the default).
+    ///
+    /// The runtime offers it only to attempts with no records to skip and no injected
+    /// faults, and counts the chunk's lines for `map.input.records` itself.
+    fn map_chunk(&self, split: &SplitInfo<'_>, bytes: &[u8], ctx: &mut MapContext<'_>) -> bool {
+        let _ = (split, bytes, ctx);
+        false
     }
 
     /// True if [`Job::combine`] should be applied to sorted map output before it is written.

@@ -836,7 +836,14 @@ fn feed_split(
             let mut ctx = MapContext::new(&mut *sink, &mut *counters)
                 .with_control(control)
                 .at(base, READ_WEIGHT);
-            job.map_split(&info, &mut counted, &mut ctx);
+            if format == InputFormat::Lines
+                && !control.needs_records()
+                && job.map_chunk(&info, data.bytes(), &mut ctx)
+            {
+                counted.n = u128::from(crate::input::line_count(data.bytes()));
+            } else {
+                job.map_split(&info, &mut counted, &mut ctx);
+            }
             ctx.take_failure()
         };
         if let Some(e) = failure {

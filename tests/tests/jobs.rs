@@ -588,7 +588,10 @@ fn grep_options_match_gnu_grep() {
         book("pg-being_ernest.txt"),
         book("pg-frankenstein.txt"),
     ];
-    let cases: [&[&str]; 13] = [
+    let cases: [&[&str]; 16] = [
+        &["-c", "-E", "^The [a-z]+"],
+        &["-c", "^$"],
+        &["-c", "-i", "-E", "[a-z]+ing [a-z]+ed$"],
         &["-i", "gregor"],
         &["-n", "-w", "-i", "the"],
         &["-v", "e"],
