@@ -7,7 +7,9 @@
 //! - Macro benchmarks of whole jobs against peers measured in the same run are binaries:
 //!   `peers` times `quern` against GNU sort, DuckDB, Polars, Spark, ripgrep, GNU grep and
 //!   mawk on their own work (sort, word count, grep, a source tree, a small job, streaming),
-//!   checks every result and writes `benches/results/peers.{md,json}`; `straggler` runs
+//!   checks every result and writes `benches/results/peers.{md,json}`; `shuffle_net`
+//!   measures the shuffle's QUIC transport between two processes against TCP (`peers
+//!   --only shuffle` runs it); `straggler` runs
 //!   terasort on a hand-started cluster with one slow worker, with and without speculation.
 //! - Scripts in `benches/scripts/` (bash; not tests, not CI): `scale.sh` (many small files,
 //!   any fan-in, spilling reducers: wall time and peak anonymous memory), `os_straggler.sh`

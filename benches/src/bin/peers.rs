@@ -13,7 +13,9 @@
 //! `grep` (`quern grep -c` vs `rg -c` and `grep -c`, a literal and a regex), `tree` (grep
 //! over a real source tree of tens of thousands of files vs `rg -c`), `small` (`quern wc`
 //! of 1 MB end to end, the local cluster's start included), `stream` (`quern stream` word
-//! count with mawk as mapper, combiner and reducer vs the built-in `quern wc`).
+//! count with mawk as mapper, combiner and reducer vs the built-in `quern wc`), `shuffle`
+//! (`shuffle_net`: bytes/s of the shuffle's QUIC transport between two processes on
+//! loopback vs plain TCP with the same framing).
 //!
 //! The data is generated deterministically under `--dir` and kept for the next run: records
 //! by `quern teragen --ascii`, the text by this program (a vocabulary of a million words of
@@ -49,6 +51,9 @@ struct Args {
     /// Size of the streaming word count's input.
     #[arg(long, default_value = "256MB", value_parser = parse_size)]
     stream_size: u64,
+    /// Bytes sent by the shuffle transport measurement.
+    #[arg(long, default_value = "4GB", value_parser = parse_size)]
+    shuffle_size: u64,
     /// Timed runs of each tool.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -83,6 +88,7 @@ enum Work {
     Tree,
     Small,
     Stream,
+    Shuffle,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -869,6 +875,62 @@ impl Bench<'_> {
         c
     }
 
+    /// The shuffle transport: `shuffle_net` (beside this program) sending `--shuffle-size`
+    /// bytes in 64 MiB segments from one process to another over QUIC, and over TCP.
+    fn shuffle(&self) -> Result<Workload, String> {
+        let program = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("shuffle_net");
+        if !program.exists() {
+            return Err(format!(
+                "{} not found: build it with `cargo build --release -p quern-benches`",
+                program.display()
+            ));
+        }
+        const SEGMENT: u64 = 64 << 20;
+        let bytes = self.args.shuffle_size;
+        // shuffle_net sends whole segments only.
+        let sent = (bytes / SEGMENT).max(1) * SEGMENT;
+        let want = format!("received {sent} bytes");
+        let check = |_: &Path, stdout: &Path| {
+            let text = std::fs::read_to_string(stdout).map_err(io_err(stdout))?;
+            if text.lines().any(|l| l.starts_with(&want)) {
+                Ok(())
+            } else {
+                Err(format!("the receiver did not say `{want}`: {text}"))
+            }
+        };
+        let tool = |name: &str, transport: &'static str| Tool {
+            name: name.into(),
+            make: Box::new({
+                let program = program.clone();
+                move |_| {
+                    let mut c = Command::new(&program);
+                    c.args(["--transport", transport, "--total"])
+                        .arg(bytes.to_string())
+                        .arg("--segment")
+                        .arg(SEGMENT.to_string());
+                    c
+                }
+            }),
+            check: Box::new(check),
+            floor: false,
+        };
+        let tools = vec![
+            tool("quern shuffle: QUIC (quinn, TLS 1.3)", "quic"),
+            tool("TCP (one connection, same framing)", "tcp"),
+        ];
+        Ok(Workload {
+            kind: Work::Shuffle,
+            title: format!("shuffle transport {}", human(sent)),
+            input: "64 MiB segments from one process to another on loopback, one stream; \
+                    process start and connection set-up included"
+                .into(),
+            bytes: sent,
+            timings: time_all(&self.dir, self.args.runs, &tools),
+        })
+    }
+
     fn streaming(&self) -> Result<Workload, String> {
         let bytes = self.args.stream_size;
         let corpus = corpus(&self.dir, bytes)?;
@@ -929,11 +991,13 @@ fn du(path: &Path) -> u64 {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1_000_000_000 {
-        format!("{} GB", bytes as f64 / 1e9)
+    let (n, unit) = if bytes >= 1_000_000_000 {
+        (bytes as f64 / 1e9, "GB")
     } else {
-        format!("{} MB", bytes as f64 / 1e6)
-    }
+        (bytes as f64 / 1e6, "MB")
+    };
+    let n = format!("{n:.2}");
+    format!("{} {unit}", n.trim_end_matches('0').trim_end_matches('.'))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1028,6 +1092,22 @@ fn targets(work: &[Workload]) -> Vec<Target> {
                         what: format!("{}: < 0.15 s", w.title),
                         value: format!("{m:.3} s"),
                         met: Some(m < 0.15),
+                    });
+                }
+            }
+            Work::Shuffle => {
+                if let (Some((_, q)), Some((_, tcp))) =
+                    (median_of(w, "quern shuffle"), median_of(w, "TCP"))
+                {
+                    t.push(Target {
+                        what: format!("{}: QUIC against TCP (no target)", w.title),
+                        value: format!(
+                            "QUIC {:.2} GB/s, TCP {:.2} GB/s: {:.2}x TCP's time",
+                            w.bytes as f64 / 1e9 / q,
+                            w.bytes as f64 / 1e9 / tcp,
+                            q / tcp
+                        ),
+                        met: None,
                     });
                 }
             }
@@ -1298,6 +1378,10 @@ fn bench() -> Result<bool, String> {
     if wants(Work::Stream) {
         eprintln!("== streaming word count");
         work.push(bench.streaming()?);
+    }
+    if wants(Work::Shuffle) {
+        eprintln!("== shuffle transport");
+        work.push(bench.shuffle()?);
     }
     let machine = machine();
     let md = render(&args, &machine, &bench.peers, &work);
