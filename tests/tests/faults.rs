@@ -743,7 +743,7 @@ fn straggler_speculation_keeps_the_job_fast() {
 }
 
 /// Slows process `pid` from outside, as a starved machine would: SIGSTOP, then SIGCONT for
-/// 10% of every 100 ms, for at most `limit`. Dropping it stops the cycle and leaves the
+/// 5% of every 200 ms, for at most `limit`. Dropping it stops the cycle and leaves the
 /// process running.
 struct DutyCycle {
     cycler: std::process::Child,
@@ -754,7 +754,7 @@ impl DutyCycle {
     fn start(pid: u32, limit: Duration) -> DutyCycle {
         let script = format!(
             "end=$((SECONDS + {})); while [ $SECONDS -lt $end ]; do \
-             kill -STOP {pid} || exit; sleep 0.09; kill -CONT {pid} || exit; sleep 0.01; done",
+             kill -STOP {pid} || exit; sleep 0.19; kill -CONT {pid} || exit; sleep 0.01; done",
             limit.as_secs().max(1)
         );
         let cycler = Command::new("bash")
@@ -773,17 +773,19 @@ impl Drop for DutyCycle {
     }
 }
 
-/// A worker slowed by the OS, not by quern's own fault hook: its process gets 10% of the
+/// A worker slowed by the OS, not by quern's own fault hook: its process gets 5% of the
 /// time (SIGSTOP/SIGCONT cycling). Its map must be backed up and the backup must win —
 /// which needs a progress that is not 100% while the map still sorts and spills.
 #[test]
 fn worker_slowed_by_the_os_is_backed_up() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    // 80 MB of records, 16 MB splits: maps of a few hundred ms; the slowed worker (worker
-    // 0, which the scheduler gives the first map) needs seconds for its own.
-    let gen = teragen(dir.path(), "gen", 800_000, 1);
-    let args = s(&["terasort", &p(&gen), "-r", "1", "--split-size", "16MB"]);
+    // 160 MB of records, 32 MB splits: maps of 100-300 ms; the slowed worker (worker 0,
+    // which the scheduler gives the first map) needs seconds for its own — well past the
+    // scheduler's `min_runtime` (1 s), which no backup is launched before. (With 16 MB
+    // splits and 10% of the time, its map once finished in 0.9 s, unbacked.)
+    let gen = teragen(dir.path(), "gen", 1_600_000, 1);
+    let args = s(&["terasort", &p(&gen), "-r", "1", "--split-size", "32MB"]);
     let reference = sequential("terasort", &args, dir.path());
     let cluster = HandCluster::start(dir.path(), "os-slowed", &[None, None, None], &[]);
     let out = dir.path().join("terasort-os-slowed");
