@@ -760,17 +760,28 @@ impl Bench<'_> {
         fixed: bool,
     ) -> Result<Workload, String> {
         let bytes = paths.iter().map(|p| du(p)).sum();
-        let reference = self.dir.join("grep-reference");
-        let _ = measure(&mut gnu_grep(fixed, pattern, paths), &reference);
-        let (want, files) = total_count(&reference)?;
-        let check = |_: &Path, stdout: &Path| {
-            let (got, _) = total_count(stdout)?;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{got} matching lines, GNU grep counts {want}"))
+        // GNU grep's count, as it is (a file with a NUL byte is binary: NULs end lines too,
+        // which quern's grep does as well) and with `-a` (every file is text, as rg --text).
+        let reference = |text: bool| {
+            let log = self
+                .dir
+                .join(format!("grep-reference{}", if text { "-a" } else { "" }));
+            let _ = measure(&mut gnu_grep(fixed, text, pattern, paths), &log);
+            total_count(&log)
+        };
+        let (want, files) = reference(false)?;
+        let (want_text, _) = reference(true)?;
+        let against = |want: u64, grep: &'static str| {
+            move |_: &Path, stdout: &Path| {
+                let (got, _) = total_count(stdout)?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{got} matching lines, {grep} counts {want}"))
+                }
             }
         };
+        let check = against(want, "GNU grep");
         let fixed_flag: &[&str] = if fixed { &["-F"] } else { &[] };
         let mut tools = vec![Tool {
             name: "quern grep -c".into(),
@@ -800,13 +811,13 @@ impl Bench<'_> {
                     c.args(fixed_flag).arg("-e").arg(pattern).args(paths);
                     c
                 }),
-                check: Box::new(check),
+                check: Box::new(against(want_text, "GNU grep -a")),
                 floor: false,
             });
         }
         tools.push(Tool {
             name: format!("grep -c {}", if fixed { "-F" } else { "-E" }),
-            make: Box::new(|_| gnu_grep(fixed, pattern, paths)),
+            make: Box::new(|_| gnu_grep(fixed, false, pattern, paths)),
             check: Box::new(check),
             floor: false,
         });
@@ -1124,17 +1135,19 @@ fn targets(work: &[Workload]) -> Vec<Target> {
 /// `_SUCCESS`, and hidden files — which also skips Python's `__init__.py` and
 /// `__pycache__`). `grep --exclude-dir` cannot say that (its globs also match the named
 /// directory's own path, e.g. `/root/.pyenv/...`), so `find` lists the files.
-fn gnu_grep(fixed: bool, pattern: &str, paths: &[PathBuf]) -> Command {
+/// With `text`, binary files are searched as text (`-a`).
+fn gnu_grep(fixed: bool, text: bool, pattern: &str, paths: &[PathBuf]) -> Command {
     let mut c = Command::new("sh");
     c.env("LC_ALL", "C")
         .env("PATTERN", pattern)
         .env("SYNTAX", if fixed { "-F" } else { "-E" })
+        .env("TEXT", if text { "-a" } else { "" })
         .arg("-c")
         .arg(
             // A batch of files none of which matches is not an error (grep's 1), a
             // failure to read one is (grep's 2).
             r#"find "$@" \( -name '_*' -o -name '.*' \) -prune -o -type f -print0 |
-               xargs -0 sh -c 'grep -c -H "$SYNTAX" -e "$PATTERN" "$@"; [ $? -le 1 ]' sh"#,
+               xargs -0 sh -c 'grep -c -H $TEXT "$SYNTAX" -e "$PATTERN" "$@"; [ $? -le 1 ]' sh"#,
         )
         .arg("sh")
         .args(paths);
