@@ -45,7 +45,7 @@ use crate::text::{Index, WordCount};
 
 /// quern — a MapReduce job runner: sort, grep, word count and your own jobs.
 #[derive(Debug, Parser)]
-#[command(name = "quern", version, about, long_about = None)]
+#[command(name = "quern", version = crate::machine::VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,8 +114,13 @@ pub struct RunArgs {
     verbose: bool,
 }
 
+mod bench;
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a benchmark as one command, validate its result and write its report.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Generate gensort-compatible records as P part files (map-only job).
     Teragen {
         /// Number of 100-byte records.
@@ -332,6 +337,14 @@ enum Command {
         /// The journal file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// teragen → terasort → teravalidate: sort SIZE of gensort records on the local cluster
+    /// (or --coordinator's), check the output (order, count, checksum equal to teragen's)
+    /// and write DIR/bench.json, DIR/bench.md and the sort's DIR/report.html.
+    Terasort(bench::TerasortBench),
 }
 
 // The arguments of a job command that reads inputs and writes an output directory: most
@@ -997,6 +1010,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             println!("{}", report.summary());
             Ok(Outcome::Ok)
         }
+        Command::Bench(BenchCommand::Terasort(args)) => bench::terasort_bench(args, registry),
         Command::Journal { file } => {
             let (records, torn) = cluster::journal::read(&file)?;
             let mut stdout = std::io::stdout().lock();
@@ -1023,24 +1037,12 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let parts = parts.unwrap_or(default_threads() as u64).max(1);
-            let plan = Plan {
-                inputs: vec![rows_input()],
-                splits: plan_row_splits(records, parts),
-            };
-            let params = TeraGen {
+            let gen = TeraGen {
                 records,
                 seed,
                 ascii,
             };
-            let reducers = run.fixed_reducers(
-                "teragen",
-                0,
-                "it is map-only (--parts sets its output files)",
-            )?;
-            let job = Prepared::new(registry, job::TERAGEN, &params, plan, reducers)?;
-            let report = run.execute(registry, job, &output)?;
-            summary(&run, "teragen", &report)?;
+            let report = teragen(&run, registry, &gen, parts, &output)?;
             println!("Records: {}", report.counters.get(tera::RECORDS));
             println!("Checksum: {:x}", report.counters.get(tera::CHECKSUM));
             Ok(Outcome::Ok)
@@ -1051,16 +1053,7 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             run,
         }) => {
             init_logging(run.verbose);
-            let reducers = run.reduce_tasks("terasort")?;
-            let plan = plan(
-                InputFormat::Fixed(RECORD_LEN),
-                run.expand(&inputs)?,
-                run.split_size,
-            )?;
-            let sort = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?;
-            let job = Prepared::new(registry, job::TERASORT, &sort, plan, reducers)?;
-            let report = run.execute(registry, job, &output)?;
-            summary(&run, "terasort", &report)?;
+            terasort(&run, registry, &inputs, &output)?;
             Ok(Outcome::Ok)
         }
         Command::Teravalidate {
@@ -1069,32 +1062,18 @@ fn run(command: Command, registry: &Registry) -> Result<Outcome, Error> {
             run,
         } => {
             init_logging(run.verbose);
-            let files = run.expand(&inputs)?;
-            let params = TeraValidate {
-                names: names(&files),
-            };
-            let plan = plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?;
-            let reducers = run.fixed_reducers(
-                "teravalidate",
-                1,
-                "one reducer checks the boundaries between splits",
-            )?;
-            let job = Prepared::new(registry, job::TERAVALIDATE, &params, plan, reducers)?;
-            let (report, _scratch) = run_to(&run, registry, job, output)?;
-            summary(&run, "teravalidate", &report)?;
-            let c = &report.counters;
+            let v = teravalidate(&run, registry, &inputs, output)?;
             let mut stdout = std::io::stdout().lock();
-            let problems = cat_parts(&report.parts, &mut stdout)?;
-            let misorders = c.get(tera::MISORDERS);
-            let _ = writeln!(stdout, "Records: {}", c.get(tera::RECORDS));
-            let _ = writeln!(stdout, "Duplicate keys: {}", c.get(tera::DUPLICATES));
-            let _ = writeln!(stdout, "Checksum: {:x}", c.get(tera::CHECKSUM));
-            if misorders > 0 || problems > 0 {
-                let _ = writeln!(stdout, "ERROR - {misorders} records out of order");
-                Ok(Outcome::Negative)
-            } else {
+            let _ = stdout.write_all(&v.problems);
+            let _ = writeln!(stdout, "Records: {}", v.records);
+            let _ = writeln!(stdout, "Duplicate keys: {}", v.duplicates);
+            let _ = writeln!(stdout, "Checksum: {:x}", v.checksum);
+            if v.in_order() {
                 let _ = writeln!(stdout, "SUCCESS - all records are in order");
                 Ok(Outcome::Ok)
+            } else {
+                let _ = writeln!(stdout, "ERROR - {} records out of order", v.misorders);
+                Ok(Outcome::Negative)
             }
         }
         Command::Grep {
@@ -1341,6 +1320,100 @@ fn unescape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Runs teragen (`gen`) into `output` as `parts` part files (default: one per core) and
+/// prints its summary.
+fn teragen(
+    run: &RunArgs,
+    registry: &Registry,
+    gen: &TeraGen,
+    parts: Option<u64>,
+    output: &Path,
+) -> Result<JobReport, Error> {
+    let parts = parts.unwrap_or(default_threads() as u64).max(1);
+    let plan = Plan {
+        inputs: vec![rows_input()],
+        splits: plan_row_splits(gen.records, parts),
+    };
+    let reducers = run.fixed_reducers(
+        "teragen",
+        0,
+        "it is map-only (--parts sets its output files)",
+    )?;
+    let job = Prepared::new(registry, job::TERAGEN, gen, plan, reducers)?;
+    let report = run.execute(registry, job, output)?;
+    summary(run, "teragen", &report)?;
+    Ok(report)
+}
+
+/// Samples `inputs`, sorts them into `output` and prints the summary.
+fn terasort(
+    run: &RunArgs,
+    registry: &Registry,
+    inputs: &[PathBuf],
+    output: &Path,
+) -> Result<JobReport, Error> {
+    let reducers = run.reduce_tasks("terasort")?;
+    let plan = plan(
+        InputFormat::Fixed(RECORD_LEN),
+        run.expand(inputs)?,
+        run.split_size,
+    )?;
+    let sort = TeraSort::sampled(&plan.inputs, &plan.splits, reducers, 100_000)?;
+    let job = Prepared::new(registry, job::TERASORT, &sort, plan, reducers)?;
+    let report = run.execute(registry, job, output)?;
+    summary(run, "terasort", &report)?;
+    Ok(report)
+}
+
+/// What teravalidate found.
+#[derive(Debug)]
+struct Validation {
+    records: u128,
+    duplicates: u128,
+    misorders: u128,
+    checksum: u128,
+    /// The lines teravalidate's reducer wrote: one per problem found.
+    problems: Vec<u8>,
+}
+
+impl Validation {
+    fn in_order(&self) -> bool {
+        self.misorders == 0 && self.problems.is_empty()
+    }
+}
+
+/// Validates `inputs` (into `output`, or a scratch directory) and prints the summary.
+fn teravalidate(
+    run: &RunArgs,
+    registry: &Registry,
+    inputs: &[PathBuf],
+    output: Option<PathBuf>,
+) -> Result<Validation, Error> {
+    let files = run.expand(inputs)?;
+    let params = TeraValidate {
+        names: names(&files),
+    };
+    let plan = plan(InputFormat::Fixed(RECORD_LEN), files, run.split_size)?;
+    let reducers = run.fixed_reducers(
+        "teravalidate",
+        1,
+        "one reducer checks the boundaries between splits",
+    )?;
+    let job = Prepared::new(registry, job::TERAVALIDATE, &params, plan, reducers)?;
+    let (report, _scratch) = run_to(run, registry, job, output)?;
+    summary(run, "teravalidate", &report)?;
+    let mut problems = Vec::new();
+    cat_parts(&report.parts, &mut problems)?;
+    let c = &report.counters;
+    Ok(Validation {
+        records: c.get(tera::RECORDS),
+        duplicates: c.get(tera::DUPLICATES),
+        misorders: c.get(tera::MISORDERS),
+        checksum: c.get(tera::CHECKSUM),
+        problems,
+    })
 }
 
 fn names(files: &[InputFile]) -> Vec<String> {

@@ -8,6 +8,8 @@
 //! - [`registry`]: every job a binary can run, by name; the descriptors that name a job and
 //!   its parameters for the workers.
 //! - [`progress`]: progress bars on a terminal.
+//! - [`machine`]: the machine, quern's version and commit, and the filesystems of a
+//!   benchmark's data, as benchmark reports describe them.
 //! - [`cli`]: the whole command line as a library ([`cli::main`] with a registry): argument
 //!   parsing, job setup, execution modes, summaries and exit codes.
 //!
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod gensort;
 pub mod grep;
+pub mod machine;
 pub mod progress;
 pub mod registry;
 pub mod sort;

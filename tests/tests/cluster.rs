@@ -675,3 +675,149 @@ fn killed_client_takes_its_cluster_down() {
     client.kill();
     assert_gone("after SIGKILL of the client", &tracked, GONE_TIMEOUT);
 }
+
+/// The figures a `quern bench` run wrote into `dir/bench.json`.
+fn bench_json(dir: &Path) -> serde_json::Value {
+    let file = dir.join("bench.json");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{} not written: {e}", file.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", file.display()))
+}
+
+/// `quern bench terasort` runs teragen → terasort → teravalidate on the local cluster and
+/// on a hand-started one: the output is validated against teragen's count and checksum,
+/// bench.json, bench.md and report.html are written, the data is removed unless `--keep`,
+/// and `--compare` lines the second run up against the first.
+#[test]
+fn bench_terasort_validates_and_reports_on_local_and_hand_started_clusters() {
+    const RECORDS: u64 = 30_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("local");
+    let records = RECORDS.to_string();
+    let common = ["--records", &records, "--split-size", "1MB"];
+    let mut args = s(&["bench", "terasort", "--dir", &p(&local), "--workers", "2"]);
+    args.extend(s(&common));
+    let out = run_quern(&args);
+    out.ok();
+    let first = bench_json(&local);
+    assert_eq!(first["validation"]["ok"], true, "{first:#}");
+    assert_eq!(first["validation"]["records"], RECORDS);
+    assert_eq!(first["records"], RECORDS);
+    assert_eq!(first["bytes"], RECORDS * 100);
+    assert_eq!(first["validation"]["checksum"], first["checksum"]);
+    assert_eq!(first["map_tasks"], 3, "3 MB in 1 MB splits");
+    assert_eq!(first["cluster"]["workers"], 2);
+    assert_eq!(first["cluster"]["nodes"], 1);
+    assert_eq!(first["sorts"].as_array().map(Vec::len), Some(1));
+    let figure = |v: &serde_json::Value, name: &str| {
+        v["figures"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or_else(|| panic!("no figure {name:?} in {v:#}"))
+    };
+    assert!(figure(&first, "terasort wall (median)") > 0.0);
+    assert!(figure(&first, "sort throughput") > 0.0);
+    assert!(
+        out.stdout_str().contains("Validation: **passed**"),
+        "{}",
+        out.stdout_str()
+    );
+    for file in ["bench.md", "report.html", "report.json"] {
+        assert!(local.join(file).is_file(), "{file} missing");
+    }
+    for data in ["input", "output", "validate"] {
+        assert!(
+            !local.join(data).exists(),
+            "{data} left behind without --keep"
+        );
+    }
+
+    let secret = dir.path().join("secret");
+    new_secret(&secret);
+    let cluster = HandCluster::start(dir.path(), &secret, 2, &[]);
+    let remote = dir.path().join("remote");
+    let mut args = s(&[
+        "bench",
+        "terasort",
+        "--dir",
+        &p(&remote),
+        "--coordinator",
+        &cluster.addr.to_string(),
+        "--secret-file",
+        &p(&secret),
+        "--keep",
+        "--repeat",
+        "2",
+        "--compare",
+        &p(&local.join("bench.json")),
+    ]);
+    args.extend(s(&common));
+    let out = run_quern(&args);
+    out.ok();
+    let second = bench_json(&remote);
+    assert_eq!(second["validation"]["ok"], true, "{second:#}");
+    assert_eq!(
+        second["checksum"], first["checksum"],
+        "same seed, same input"
+    );
+    assert_eq!(second["sorts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(second["cluster"]["slots"], 4, "2 workers of 2 slots");
+    let mode = second["cluster"]["mode"].as_str().unwrap_or_default();
+    assert_eq!(mode, format!("cluster at {}", cluster.addr));
+    let md = out.stdout_str();
+    assert!(md.contains("| this run | earlier | ratio |"), "{md}");
+    assert!(md.contains("| sort throughput |"), "{md}");
+    let sorted: usize = parts(&remote.join("output")).values().map(Vec::len).sum();
+    assert_eq!(
+        sorted as u64,
+        RECORDS * 100,
+        "--keep keeps the sorted output"
+    );
+    assert!(remote.join("input").is_dir(), "--keep keeps the input");
+
+    // Kept data is not overwritten.
+    let again = run_quern(&args);
+    let line = again.user_error();
+    assert!(line.contains("already exists"), "{line}");
+}
+
+/// A bench that does not fit on the disk is refused before anything is written, naming
+/// the free space it found; so is one that would not run on a cluster.
+#[test]
+fn bench_refuses_a_size_that_does_not_fit_and_runs_only_on_a_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = dir.path().join("b");
+    let out = run_quern(s(&[
+        "bench",
+        "terasort",
+        "--size",
+        "1EB",
+        "--dir",
+        &p(&bench),
+    ]));
+    let line = out.user_error();
+    assert!(line.contains("needs") && line.contains("is free"), "{line}");
+    assert!(!bench.join("input").exists(), "nothing may run");
+    let out = run_quern(s(&[
+        "bench",
+        "terasort",
+        "--records",
+        "10",
+        "--dir",
+        &p(&bench),
+        "--sequential",
+    ]));
+    let line = out.user_error();
+    assert!(line.contains("runs on a cluster"), "{line}");
+    let out = run_quern(s(&[
+        "bench",
+        "terasort",
+        "--size",
+        "99",
+        "--dir",
+        &p(&bench),
+    ]));
+    let line = out.user_error();
+    assert!(line.contains("at least one"), "{line}");
+}

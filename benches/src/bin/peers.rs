@@ -1158,55 +1158,7 @@ fn gnu_grep(fixed: bool, text: bool, pattern: &str, paths: &[PathBuf]) -> Comman
 }
 
 fn machine() -> Vec<(String, String)> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_default();
-    let meminfo = read("/proc/meminfo");
-    let mem = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .map(|l| l.trim().to_string())
-        .unwrap_or_default();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
-    vec![
-        (
-            "cores".into(),
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .to_string(),
-        ),
-        ("cpu".into(), model),
-        ("memory".into(), mem),
-        (
-            "kernel".into(),
-            read("/proc/sys/kernel/osrelease").trim().into(),
-        ),
-        (
-            "quern".into(),
-            format!(
-                "{} {}{dirty}",
-                env!("CARGO_PKG_VERSION"),
-                git(&["rev-parse", "--short", "HEAD"])
-            ),
-        ),
-    ]
+    quern_jobs::machine::Machine::read().lines()
 }
 
 fn render(args: &Args, machine: &[(String, String)], peers: &Peers, work: &[Workload]) -> String {
