@@ -241,6 +241,7 @@ fn job_spec() -> wire::JobSpec {
         backup_every_task: false,
         skip_bad_records: false,
         resume: false,
+        direct_io: false,
     }
 }
 

@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// every task, to test a job's determinism).
     #[arg(long, default_value = "on", value_enum)]
     speculation: Speculation,
+    /// Write map output (run files, merge passes, fetch spills) and the output's part files
+    /// with direct I/O (O_DIRECT, past the page cache). Input is still read through it.
+    #[arg(long)]
+    direct_io: bool,
     /// Skip records that crash a map twice at the same place, and list them in the summary.
     #[arg(long)]
     skip_bad_records: bool,
@@ -845,6 +849,7 @@ impl RunArgs {
                 split_size: self.split_size,
                 memory: self.memory(),
                 merge_factor: self.merge_factor,
+                direct_io: self.direct_io,
             };
             let built = registry.build(&job.descriptor).map_err(Error::Usage)?;
             return run_planned(&*built, &job.plan, output, &cfg);
@@ -874,6 +879,7 @@ impl RunArgs {
             backup_every_task: self.speculation == Speculation::Always,
             skip_bad_records: self.skip_bad_records,
             resume: self.resume,
+            direct_io: self.direct_io,
         };
         let mut progress = Progress::new(&job.descriptor.name, self.quiet, self.verbose);
         let mut events = |e| progress.event(e);

@@ -8,6 +8,13 @@
 //!
 //! The [`Backend::Std`] backend does the same work with blocking `std::fs` calls on the
 //! caller's thread; it serves `--sequential` mode and machines without io_uring.
+//!
+//! **Direct I/O** ([`IoService::with_direct_io`], `--direct-io`): files are opened with
+//! `O_DIRECT`, so their bytes bypass the page cache. The kernel then needs the buffer's
+//! address, its length and the file offset aligned to the disk's block size, so a direct
+//! writer copies what it is given into 4 KiB-aligned 1 MiB staging buffers (the one copy the
+//! page cache would otherwise make) and writes those whole. The last partial block is written
+//! at `finish` through an ordinary (buffered) handle, which also does the fsync.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -28,6 +35,13 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Permission bits of created files (before the umask).
 const FILE_MODE: u32 = 0o644;
 
+/// Alignment of direct I/O (buffer address, length and file offset): the largest logical
+/// block size of common disks.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Size of a direct writer's staging buffers.
+const DIRECT_BUF: usize = 1 << 20;
+
 /// Which implementation an [`IoService`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -44,6 +58,8 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct IoService {
     inner: Arc<Inner>,
+    /// Files are created with `O_DIRECT` (see the module docs).
+    direct: bool,
 }
 
 enum Inner {
@@ -75,6 +91,7 @@ impl fmt::Debug for IoService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IoService")
             .field("backend", &self.backend())
+            .field("direct", &self.direct)
             .finish()
     }
 }
@@ -99,6 +116,7 @@ impl IoService {
                     tx,
                     _thread: thread,
                 })),
+                direct: false,
             }),
             // `thread` joins the (exiting) I/O thread on drop.
             Ok(Err(e)) => Err(Error::Uring(format!("cannot set up the ring: {e}"))),
@@ -110,6 +128,7 @@ impl IoService {
     pub fn std() -> IoService {
         IoService {
             inner: Arc::new(Inner::Std),
+            direct: false,
         }
     }
 
@@ -132,8 +151,23 @@ impl IoService {
         }
     }
 
+    /// The same service (one I/O thread), creating files with direct I/O if `direct`.
+    pub fn with_direct_io(&self, direct: bool) -> IoService {
+        IoService {
+            inner: self.inner.clone(),
+            direct,
+        }
+    }
+
+    /// True when files are created with direct I/O.
+    pub fn direct_io(&self) -> bool {
+        self.direct
+    }
+
     /// Creates (or truncates) `path` for writing, mode `0644` before the umask.
     pub fn create(&self, path: &Path) -> Result<FileWriter> {
+        let direct = self.direct;
+        let opened = |e: io::Error| Error::io(path, explain_open_error(e, direct));
         let state = match &*self.inner {
             Inner::Std => {
                 let file = std::fs::OpenOptions::new()
@@ -141,8 +175,9 @@ impl IoService {
                     .create(true)
                     .truncate(true)
                     .mode(FILE_MODE)
+                    .custom_flags(open_flags(direct))
                     .open(path)
-                    .map_err(|e| Error::io(path, e))?;
+                    .map_err(opened)?;
                 State::Std(file)
             }
             Inner::Uring(shared) => {
@@ -151,10 +186,11 @@ impl IoService {
                     &shared.tx,
                     Request::Open {
                         path: path.to_path_buf(),
+                        direct,
                         reply,
                     },
                 )?;
-                let id = wait(&rx)?.map_err(|e| Error::io(path, e))?;
+                let id = wait(&rx)?.map_err(opened)?;
                 State::Uring {
                     service: self.clone(),
                     id,
@@ -166,6 +202,7 @@ impl IoService {
             path: path.to_path_buf(),
             len: 0,
             state,
+            staging: direct.then(Staging::new),
             failed: false,
             done: false,
         })
@@ -188,6 +225,8 @@ pub struct FileWriter {
     path: PathBuf,
     len: u64,
     state: State,
+    /// Direct I/O: the aligned buffer being filled.
+    staging: Option<Staging>,
     /// A write failed (and that error was returned once); later calls fail too.
     failed: bool,
     done: bool,
@@ -201,8 +240,75 @@ enum State {
         /// The file's id in the I/O thread's table.
         id: u64,
         /// Completions of in-flight writes, oldest first.
-        pending: VecDeque<channel::Receiver<io::Result<()>>>,
+        pending: VecDeque<channel::Receiver<Completion>>,
     },
+}
+
+/// A finished write: its result, and its buffer back (for reuse).
+type Completion = (io::Result<()>, Vec<u8>);
+
+/// The aligned buffers of a direct-I/O writer.
+struct Staging {
+    /// `DIRECT_BUF + DIRECT_ALIGN` bytes; the aligned window starts at `off`. Never resized,
+    /// so the window stays put.
+    buf: Vec<u8>,
+    off: usize,
+    /// Bytes of the window filled so far.
+    filled: usize,
+    /// Buffers back from finished writes.
+    spare: Vec<Vec<u8>>,
+    /// Bytes handed to aligned writes so far: where the next one goes.
+    written: u64,
+}
+
+impl Staging {
+    fn new() -> Staging {
+        let buf = vec![0u8; DIRECT_BUF + DIRECT_ALIGN];
+        Staging {
+            off: buf.as_ptr().align_offset(DIRECT_ALIGN),
+            buf,
+            filled: 0,
+            spare: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Takes the first `n` bytes of the window (a multiple of [`DIRECT_ALIGN`]) to be
+    /// written at the returned offset, and starts an empty window in a fresh buffer.
+    fn take(&mut self, n: usize) -> (Vec<u8>, std::ops::Range<usize>, u64) {
+        debug_assert!(n % DIRECT_ALIGN == 0 && n <= self.filled);
+        let fresh = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| vec![0u8; DIRECT_BUF + DIRECT_ALIGN]);
+        let full = std::mem::replace(&mut self.buf, fresh);
+        let start = std::mem::replace(&mut self.off, self.buf.as_ptr().align_offset(DIRECT_ALIGN));
+        let pos = self.written;
+        self.written += n as u64;
+        self.filled = 0;
+        (full, start..start + n, pos)
+    }
+}
+
+/// The open(2) flags beyond the usual ones.
+fn open_flags(direct: bool) -> i32 {
+    if direct {
+        rustix::fs::OFlags::DIRECT.bits() as i32
+    } else {
+        0
+    }
+}
+
+/// Names direct I/O in the error a filesystem without it gives (EINVAL).
+fn explain_open_error(e: io::Error, direct: bool) -> io::Error {
+    if direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "this filesystem does not support direct I/O (O_DIRECT, asked for by --direct-io)",
+        )
+    } else {
+        e
+    }
 }
 
 impl fmt::Debug for FileWriter {
@@ -234,7 +340,12 @@ impl FileWriter {
             return Ok(());
         }
         let n = buf.len() as u64;
-        let res = self.write_inner(buf);
+        let res = if self.staging.is_some() {
+            self.stage(&buf)
+        } else {
+            let (len, pos) = (buf.len(), self.len);
+            self.submit(buf, 0..len, pos)
+        };
         if res.is_ok() {
             self.len += n;
         } else {
@@ -243,16 +354,50 @@ impl FileWriter {
         res
     }
 
-    fn write_inner(&mut self, buf: Vec<u8>) -> Result<()> {
-        match &mut self.state {
-            State::Std(file) => file.write_all(&buf).map_err(|e| Error::io(&self.path, e)),
+    /// Direct I/O: copies `bytes` into the staging window, writing each full window.
+    fn stage(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while let Some(st) = self.staging.as_mut().filter(|_| !bytes.is_empty()) {
+            let n = (DIRECT_BUF - st.filled).min(bytes.len());
+            let at = st.off + st.filled;
+            st.buf[at..at + n].copy_from_slice(&bytes[..n]);
+            st.filled += n;
+            bytes = &bytes[n..];
+            if st.filled == DIRECT_BUF {
+                let (buf, range, pos) = st.take(DIRECT_BUF);
+                self.submit(buf, range, pos)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf[range]` at `pos` (std: at the file's cursor, which is `pos`), or queues
+    /// the write (uring). Buffers that come back go to the staging's spares.
+    fn submit(&mut self, buf: Vec<u8>, range: std::ops::Range<usize>, pos: u64) -> Result<()> {
+        let Self {
+            state,
+            staging,
+            path,
+            ..
+        } = self;
+        let mut recycle = |buf: Vec<u8>| {
+            if let Some(st) = staging.as_mut() {
+                st.spare.push(buf);
+            }
+        };
+        match state {
+            State::Std(file) => {
+                file.write_all(&buf[range])
+                    .map_err(|e| Error::io(&*path, e))?;
+                recycle(buf);
+                Ok(())
+            }
             State::Uring {
                 service,
                 id,
                 pending,
             } => {
                 while pending.len() >= MAX_IN_FLIGHT {
-                    reap_oldest(pending, &self.path)?;
+                    recycle(reap_oldest(pending, path)?);
                 }
                 let tx = service.sender().ok_or_else(stopped)?;
                 let (reply, rx) = channel::bounded(1);
@@ -261,7 +406,8 @@ impl FileWriter {
                     Request::Write {
                         id: *id,
                         buf,
-                        pos: self.len,
+                        range,
+                        pos,
                         reply,
                     },
                 )?;
@@ -286,12 +432,30 @@ impl FileWriter {
     pub fn finish(mut self, sync: bool) -> Result<u64> {
         self.done = true;
         let mut first_err = self.failed.then(|| earlier_failure(&self.path));
+        // Direct I/O: write the whole blocks still staged; keep the partial last one for a
+        // buffered handle, which also syncs.
+        let mut tail = None;
+        if let Some(st) = self.staging.as_mut().filter(|_| first_err.is_none()) {
+            let whole = st.filled / DIRECT_ALIGN * DIRECT_ALIGN;
+            let at = st.off + whole;
+            tail = Some((
+                st.written + whole as u64,
+                st.buf[at..st.off + st.filled].to_vec(),
+            ));
+            if whole > 0 {
+                let (buf, range, pos) = st.take(whole);
+                if let Err(e) = self.submit(buf, range, pos) {
+                    first_err = Some(e);
+                }
+            }
+        }
+        let sync_here = sync && tail.is_none();
         match &mut self.state {
             State::Std(file) => {
                 if let Some(e) = first_err {
                     return Err(e);
                 }
-                if sync {
+                if sync_here {
                     file.sync_all().map_err(|e| Error::io(&self.path, e))?;
                 }
                 // Closed when `self` drops.
@@ -307,12 +471,15 @@ impl FileWriter {
                     }
                 }
                 // Always close, even after a failed write, so the fd is released.
-                let closed = close(service, *id, sync && first_err.is_none(), &self.path);
+                let closed = close(service, *id, sync_here && first_err.is_none(), &self.path);
                 if let Some(e) = first_err {
                     return Err(e);
                 }
                 closed?;
             }
+        }
+        if let Some((pos, bytes)) = tail {
+            write_tail(&self.path, pos, &bytes, sync).map_err(|e| Error::io(&self.path, e))?;
         }
         Ok(self.len)
     }
@@ -346,6 +513,18 @@ impl Drop for FileWriter {
     }
 }
 
+/// Direct I/O: writes the last partial block of a file at `pos` through a buffered handle
+/// (no alignment needed), and fsyncs the file if `sync`.
+fn write_tail(path: &Path, pos: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(bytes, pos)?;
+    if sync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Makes `dir` durable: fsyncs the directory so a rename inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
@@ -372,14 +551,18 @@ fn wait<T>(rx: &channel::Receiver<T>) -> Result<T> {
     rx.recv().map_err(|_| stopped())
 }
 
-/// Waits for the oldest in-flight write of `pending`.
+/// Waits for the oldest in-flight write of `pending`; returns its buffer.
 fn reap_oldest(
-    pending: &mut VecDeque<channel::Receiver<io::Result<()>>>,
+    pending: &mut VecDeque<channel::Receiver<Completion>>,
     path: &Path,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     match pending.pop_front() {
-        Some(rx) => wait(&rx)?.map_err(|e| Error::io(path, e)),
-        None => Ok(()),
+        Some(rx) => {
+            let (res, buf) = wait(&rx)?;
+            res.map_err(|e| Error::io(path, e))?;
+            Ok(buf)
+        }
+        None => Ok(Vec::new()),
     }
 }
 
@@ -398,14 +581,17 @@ enum Request {
     /// Create/truncate `path`; reply with the new file's id.
     Open {
         path: PathBuf,
+        /// With `O_DIRECT`.
+        direct: bool,
         reply: channel::Sender<io::Result<u64>>,
     },
-    /// Write all of `buf` at `pos` (looping over short writes).
+    /// Write all of `buf[range]` at `pos` (looping over short writes); reply with `buf`.
     Write {
         id: u64,
         buf: Vec<u8>,
+        range: std::ops::Range<usize>,
         pos: u64,
-        reply: channel::Sender<io::Result<()>>,
+        reply: channel::Sender<Completion>,
     },
     /// Optionally fsync, then close and forget the file. The caller has no writes in flight.
     Close {
@@ -443,13 +629,13 @@ fn uring_thread(mut rx: mpsc::UnboundedReceiver<Request>, ready: channel::Sender
                     Some(req) => {
                         let files = files.clone();
                         match req {
-                            Request::Open { path, reply } => {
+                            Request::Open { path, direct, reply } => {
                                 let id = next_id;
                                 next_id += 1;
-                                tasks.spawn_local(open(files, id, path, reply));
+                                tasks.spawn_local(open(files, id, path, direct, reply));
                             }
-                            Request::Write { id, buf, pos, reply } => {
-                                tasks.spawn_local(write(files, id, buf, pos, reply));
+                            Request::Write { id, buf, range, pos, reply } => {
+                                tasks.spawn_local(write(files, id, buf, range, pos, reply));
                             }
                             Request::Close { id, sync, reply } => {
                                 tasks.spawn_local(close_file(files, id, sync, reply));
@@ -484,12 +670,19 @@ fn unknown_file() -> io::Error {
     io::Error::other("quern-uring: unknown file id")
 }
 
-async fn open(files: FileTable, id: u64, path: PathBuf, reply: channel::Sender<io::Result<u64>>) {
+async fn open(
+    files: FileTable,
+    id: u64,
+    path: PathBuf,
+    direct: bool,
+    reply: channel::Sender<io::Result<u64>>,
+) {
     let res = tokio_uring::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(FILE_MODE)
+        .custom_flags(open_flags(direct))
         .open(&path)
         .await;
     let res = res.map(|file| {
@@ -503,15 +696,20 @@ async fn write(
     files: FileTable,
     id: u64,
     buf: Vec<u8>,
+    range: std::ops::Range<usize>,
     pos: u64,
-    reply: channel::Sender<io::Result<()>>,
+    reply: channel::Sender<Completion>,
 ) {
+    use tokio_uring::buf::BoundedBuf as _;
     let file = files.borrow().get(&id).cloned();
     drop(files);
     let res = match file {
         // `write_all_at` loops over short writes and fails with `WriteZero` on a 0-byte one.
-        Some(file) => file.write_all_at(buf, pos).await.0,
-        None => Err(unknown_file()),
+        Some(file) => {
+            let (res, slice) = file.write_all_at(buf.slice(range), pos).await;
+            (res, slice.into_inner())
+        }
+        None => (Err(unknown_file()), buf),
     };
     // `file` (our reference to it) is dropped before the caller can learn the write is done,
     // so a following Close finds the table's reference unique.
@@ -541,8 +739,62 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Both backends, buffered and with direct I/O.
     fn backends() -> Vec<IoService> {
-        vec![IoService::std(), IoService::uring().unwrap()]
+        let (std, uring) = (IoService::std(), IoService::uring().unwrap());
+        vec![
+            std.with_direct_io(true),
+            uring.with_direct_io(true),
+            std,
+            uring,
+        ]
+    }
+
+    /// The open(2) flags of this process's descriptor of `path` (from /proc/self/fdinfo).
+    fn open_flags_of(path: &Path) -> Option<u32> {
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(entry.path()).ok().as_deref() == Some(path) {
+                let info =
+                    std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()))
+                        .ok()?;
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                return u32::from_str_radix(flags.trim(), 8).ok();
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn direct_writers_open_with_o_direct_and_write_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let direct = rustix::fs::OFlags::DIRECT.bits();
+        for (i, s) in backends().iter().enumerate() {
+            let path = dir.join(format!("d-{i}"));
+            let mut w = s.create(&path).unwrap();
+            // Unaligned sizes: a partial block at every write and at the end.
+            let bufs: Vec<Vec<u8>> = (0..9u32)
+                .map(|k| {
+                    (0..(k * 777_777 % 1_500_000 + 1))
+                        .map(|j| (j ^ k) as u8)
+                        .collect()
+                })
+                .collect();
+            let expected = bufs.concat();
+            for b in bufs {
+                w.write(b).unwrap();
+            }
+            let flags = open_flags_of(&path).expect("the writer's descriptor");
+            assert_eq!(flags & direct != 0, s.direct_io(), "{s:?}: flags {flags:o}");
+            assert_eq!(w.finish(true).unwrap(), expected.len() as u64);
+            let got = std::fs::read(&path).unwrap();
+            assert!(
+                got == expected,
+                "{s:?}: {} of {} bytes",
+                got.len(),
+                expected.len()
+            );
+        }
     }
 
     /// Deterministic pseudo-random buffer sizes, including empty and > 1 MiB.

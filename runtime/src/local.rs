@@ -37,6 +37,8 @@ pub struct LocalConfig {
     pub memory: u64,
     /// Segments a reduce merges at once (see [`crate::task::merge`]).
     pub merge_factor: usize,
+    /// Write run files and part files with direct I/O (see [`crate::io`]).
+    pub direct_io: bool,
 }
 
 /// What a finished job reports.
@@ -140,6 +142,7 @@ fn execute(
     } else {
         (IoService::auto(), cfg.threads.max(1))
     };
+    let io = io.with_direct_io(cfg.direct_io);
     let work_dir = out.work_dir();
     // `memory` is this machine's budget, shared by the tasks that run at once.
     let slots = threads.min(plan.splits.len().max(1));

@@ -107,6 +107,9 @@ pub struct JobSpec {
     /// Continue the job recorded in the output directory's journal instead of starting
     /// afresh (after a coordinator crash).
     pub resume: bool,
+    /// Write run files, merge passes, spills and part files with direct I/O (`O_DIRECT`:
+    /// past the page cache), `--direct-io`.
+    pub direct_io: bool,
 }
 
 /// What the journal keeps of a committed task: a map's runs, and the attempt's counters.
@@ -491,6 +494,7 @@ mod tests {
                     backup_every_task: false,
                     skip_bad_records: false,
                     resume: false,
+                    direct_io: false,
                 },
             },
             ToWorker::Shutdown,

@@ -452,6 +452,47 @@ fn reducers_over_their_memory_share_spill_fetches_to_disk() {
     );
 }
 
+/// `--direct-io` writes every file of the data path with O_DIRECT: map runs, merge passes
+/// (`--merge-factor 2`), fetches spilled to disk (`--memory 16MiB`, every fetch over QUIC)
+/// and the part files. The outputs stay byte-identical to a buffered `--sequential` run, on
+/// a hand-started cluster, on the local cluster (word count) and with `--sequential`.
+#[test]
+fn direct_io_outputs_equal_buffered_sequential_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    new_secret(&secret);
+    let gen = teragen(dir.path(), "gen", 50_000, 2);
+    let cluster = HandCluster::start(dir.path(), &secret, 2, &["--no-local-reads"]);
+    let args = s(&["terasort", &p(&gen), "-r", "2", "--memory", "16MiB"]);
+    let (seq, _) = run_to("terasort", &args, dir.path(), Mode::Sequential);
+    let direct = [args.clone(), s(&["--direct-io", "--merge-factor", "2"])].concat();
+    let out = dir.path().join("terasort-direct");
+    let o = run_in(
+        &[direct.clone(), s(&["-o", &p(&out)])].concat(),
+        Mode::Remote(cluster.addr, &secret),
+        0,
+    );
+    let (passes, spilled) = reduce_merging(&o.stderr);
+    assert!(
+        passes > 0 && spilled > 0,
+        "the reducers must merge in passes and spill fetches: {passes} passes, {spilled} bytes\n{}",
+        o.stderr
+    );
+    assert_same_parts("terasort with --direct-io", &parts(&seq), &parts(&out));
+    let (out, _) = run_to("terasort-direct", &direct, dir.path(), Mode::Sequential);
+    assert_same_parts(
+        "terasort --sequential --direct-io",
+        &parts(&seq),
+        &parts(&out),
+    );
+
+    let wc = [s(&["wc", "-r", "3"]), book_args()].concat();
+    let (seq, _) = run_to("wc", &wc, dir.path(), Mode::Sequential);
+    let wc_direct = [wc, s(&["--direct-io"])].concat();
+    let (out, _) = run_to("wc-direct", &wc_direct, dir.path(), Mode::Local(2));
+    assert_same_parts("wc with --direct-io", &parts(&seq), &parts(&out));
+}
+
 /// Two fresh secrets, `secret` and `wrong-secret`, in `dir`.
 fn two_secrets(dir: &Path) -> (PathBuf, PathBuf) {
     let secret = dir.join("secret");
@@ -687,7 +728,9 @@ fn bench_json(dir: &Path) -> serde_json::Value {
 /// `quern bench terasort` runs teragen → terasort → teravalidate on the local cluster and
 /// on a hand-started one: the output is validated against teragen's count and checksum,
 /// bench.json, bench.md and report.html are written, the data is removed unless `--keep`,
-/// and `--compare` lines the second run up against the first.
+/// and `--compare` lines the second run up against the first. The local run sorts with
+/// buffered and with direct I/O, and from a dropped page cache (`--cold`) where this
+/// process may drop it (root).
 #[test]
 fn bench_terasort_validates_and_reports_on_local_and_hand_started_clusters() {
     const RECORDS: u64 = 30_000;
@@ -697,18 +740,36 @@ fn bench_terasort_validates_and_reports_on_local_and_hand_started_clusters() {
     let common = ["--records", &records, "--split-size", "1MB"];
     let mut args = s(&["bench", "terasort", "--dir", &p(&local), "--workers", "2"]);
     args.extend(s(&common));
+    args.extend(s(&["--io", "buffered,direct"]));
+    let cold = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/vm/drop_caches")
+        .is_ok();
+    if cold {
+        args.push("--cold".into());
+    } else {
+        let refused = run_quern([args.clone(), s(&["--cold"])].concat());
+        let line = refused.user_error();
+        assert!(line.contains("needs root"), "{line}");
+    }
     let out = run_quern(&args);
     out.ok();
     let first = bench_json(&local);
-    assert_eq!(first["validation"]["ok"], true, "{first:#}");
-    assert_eq!(first["validation"]["records"], RECORDS);
+    assert_eq!(first["cold"], cold);
+    let validations = first["validations"].as_array().cloned().unwrap_or_default();
+    assert_eq!(validations.len(), 2, "one per I/O mode: {first:#}");
+    for (v, io) in validations.iter().zip(["buffered", "direct"]) {
+        assert_eq!(v["io"], io);
+        assert_eq!(v["ok"], true, "{first:#}");
+        assert_eq!(v["records"], RECORDS);
+        assert_eq!(v["checksum"], first["checksum"]);
+    }
     assert_eq!(first["records"], RECORDS);
     assert_eq!(first["bytes"], RECORDS * 100);
-    assert_eq!(first["validation"]["checksum"], first["checksum"]);
     assert_eq!(first["map_tasks"], 3, "3 MB in 1 MB splits");
     assert_eq!(first["cluster"]["workers"], 2);
     assert_eq!(first["cluster"]["nodes"], 1);
-    assert_eq!(first["sorts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(first["sorts"].as_array().map(Vec::len), Some(2));
     let figure = |v: &serde_json::Value, name: &str| {
         v["figures"]
             .as_array()
@@ -718,10 +779,11 @@ fn bench_terasort_validates_and_reports_on_local_and_hand_started_clusters() {
     };
     assert!(figure(&first, "terasort wall (median)") > 0.0);
     assert!(figure(&first, "sort throughput") > 0.0);
+    assert!(figure(&first, "terasort wall (median), direct I/O") > 0.0);
+    let md = out.stdout_str();
     assert!(
-        out.stdout_str().contains("Validation: **passed**"),
-        "{}",
-        out.stdout_str()
+        md.contains("Validation of the Direct I/O output: **passed**"),
+        "{md}"
     );
     for file in ["bench.md", "report.html", "report.json"] {
         assert!(local.join(file).is_file(), "{file} missing");
@@ -756,7 +818,7 @@ fn bench_terasort_validates_and_reports_on_local_and_hand_started_clusters() {
     let out = run_quern(&args);
     out.ok();
     let second = bench_json(&remote);
-    assert_eq!(second["validation"]["ok"], true, "{second:#}");
+    assert_eq!(second["validations"][0]["ok"], true, "{second:#}");
     assert_eq!(
         second["checksum"], first["checksum"],
         "same seed, same input"

@@ -60,8 +60,49 @@ pub(super) struct TerasortBench {
     /// Generate ASCII records (gensort -a) instead of binary ones.
     #[arg(long)]
     ascii: bool,
+    /// How the sort writes its files, one or both (then in alternation, each run): buffered
+    /// (through the page cache) or direct (O_DIRECT, as --direct-io). Each mode's output is
+    /// validated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "buffered")]
+    io: Vec<IoMode>,
+    /// Measure from disk: write back and drop the page cache (`sync; echo 3 >
+    /// /proc/sys/vm/drop_caches`, needs root) before each sort and each validation.
+    #[arg(long)]
+    cold: bool,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// How a sort writes its files.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// Through the page cache.
+    Buffered,
+    /// With O_DIRECT (`--direct-io`).
+    Direct,
+}
+
+impl IoMode {
+    /// What the figures of this mode's sorts are called after (nothing for buffered I/O,
+    /// the default, so that figures keep their names).
+    fn suffix(self) -> &'static str {
+        match self {
+            IoMode::Buffered => "",
+            IoMode::Direct => ", direct I/O",
+        }
+    }
+}
+
+/// The file that drops the page cache.
+const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
+
+/// Writes dirty pages back and drops the page cache, dentries and inodes.
+fn drop_caches() -> Result<(), Error> {
+    rustix::fs::sync();
+    std::fs::write(DROP_CACHES, "3\n").map_err(|e| Error::io(DROP_CACHES, e))
 }
 
 /// One figure of a benchmark: what `--compare` lines up.
@@ -80,6 +121,8 @@ pub struct Figure {
 /// One run of the sort.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SortRun {
+    /// How it wrote its files.
+    pub io: IoMode,
     /// The command's wall time: planning, sampling, cluster start, job, commit.
     pub wall_s: f64,
     /// The job's own wall time (submit → commit), as its report says.
@@ -91,8 +134,12 @@ pub struct SortRun {
 }
 
 /// What teravalidate found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationRecord {
+    /// The I/O mode of the sort whose output this is.
+    pub io: IoMode,
+    /// teravalidate's wall time.
+    pub wall_s: f64,
     /// Sorted, complete and the same records as generated.
     pub ok: bool,
     /// Records found in the output.
@@ -170,13 +217,13 @@ pub struct BenchRecord {
     pub teragen_s: f64,
     /// Each run of the sort.
     pub sorts: Vec<SortRun>,
-    /// teravalidate's wall time.
-    pub teravalidate_s: f64,
-    /// What teravalidate found (of the last sort's output).
-    pub validation: ValidationRecord,
+    /// Page cache dropped before each sort and validation (`--cold`).
+    pub cold: bool,
+    /// What teravalidate found, for the last sort of each I/O mode.
+    pub validations: Vec<ValidationRecord>,
     /// The figures of the run, as the table shows them.
     pub figures: Vec<Figure>,
-    /// Latency percentiles of the median sort.
+    /// Latency percentiles of the median sort (of the first I/O mode).
     pub latencies: Vec<LatencyRecord>,
 }
 
@@ -190,8 +237,12 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
         repeat,
         compare,
         ascii,
+        mut io,
+        cold,
         run,
     } = args;
+    io.sort();
+    io.dedup();
     let records = match (records, size) {
         (Some(r), _) => r,
         (None, Some(bytes)) => bytes / RECORD_LEN as u64,
@@ -214,6 +265,21 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
         return Err(Error::Usage(
             "--report and --resume do not apply to quern bench: it writes its report into --dir and starts from nothing".into(),
         ));
+    }
+    if cold {
+        if let RunMode::Remote { addr, .. } = &mode {
+            return Err(Error::Usage(format!(
+                "--cold drops this host's page cache only; the workers of the cluster at {addr} would keep theirs"
+            )));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(DROP_CACHES)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--cold drops the page cache, which needs root: cannot open {DROP_CACHES}: {e}"
+                ))
+            })?;
     }
     let previous = compare.as_deref().map(load).transpose()?;
     let bytes = records * RECORD_LEN as u64;
@@ -263,61 +329,51 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
     let teragen_s = t.elapsed().as_secs_f64();
     let checksum = generated.counters.get(tera::CHECKSUM);
 
+    // Every sort of every I/O mode, in the order run; each mode's last output is validated
+    // before the next sort replaces it.
     let mut sorts: Vec<(SortRun, JobReport)> = Vec::new();
+    let mut validations = Vec::new();
     for i in 0..repeat {
-        if i > 0 {
-            std::fs::remove_dir_all(&output).map_err(|e| Error::io(&output, e))?;
+        for &mode in &io {
+            if output.exists() {
+                std::fs::remove_dir_all(&output).map_err(|e| Error::io(&output, e))?;
+            }
+            if cold {
+                drop_caches()?;
+            }
+            say(format!(
+                "terasort ({mode:?} I/O), run {} of {repeat}",
+                i + 1
+            ));
+            let mut sort_args = run.clone();
+            sort_args.direct_io = mode == IoMode::Direct;
+            let t = Instant::now();
+            let report = terasort(&sort_args, registry, std::slice::from_ref(&input), &output)?;
+            let wall_s = t.elapsed().as_secs_f64();
+            let r = report.report.as_ref().ok_or_else(|| {
+                Error::JobFailed("the sort succeeded but its report is missing".into())
+            })?;
+            sorts.push((sort_run(mode, wall_s, r), report));
+            if i + 1 == repeat {
+                if cold {
+                    drop_caches()?;
+                }
+                if validate.exists() {
+                    std::fs::remove_dir_all(&validate).map_err(|e| Error::io(&validate, e))?;
+                }
+                say(format!("teravalidate of the {mode:?} I/O output"));
+                validations.push(validation(
+                    mode, &run, registry, &output, &validate, records, checksum,
+                )?);
+            }
         }
-        say(format!("terasort, run {} of {repeat}", i + 1));
-        let t = Instant::now();
-        let report = terasort(&run, registry, std::slice::from_ref(&input), &output)?;
-        let wall_s = t.elapsed().as_secs_f64();
-        let r = report.report.as_ref().ok_or_else(|| {
-            Error::JobFailed("the sort succeeded but its report is missing".into())
-        })?;
-        sorts.push((sort_run(wall_s, r), report));
     }
-
-    say("teravalidate".into());
-    let t = Instant::now();
-    let v = teravalidate(
-        &run,
-        registry,
-        std::slice::from_ref(&output),
-        Some(validate.clone()),
-    )?;
-    let teravalidate_s = t.elapsed().as_secs_f64();
-    let mut problems: Vec<String> = String::from_utf8_lossy(&v.problems)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    if v.records != u128::from(records) {
-        problems.push(format!(
-            "{} records in the output, {records} generated",
-            v.records
-        ));
-    }
-    if v.checksum != checksum {
-        problems.push(format!(
-            "output checksum {:x} differs from the input's {checksum:x}",
-            v.checksum
-        ));
-    }
-    if v.misorders > 0 {
-        problems.push(format!("{} records out of order", v.misorders));
-    }
-    let validation = ValidationRecord {
-        ok: problems.is_empty(),
-        records: u64::try_from(v.records).unwrap_or(u64::MAX),
-        misorders: u64::try_from(v.misorders).unwrap_or(u64::MAX),
-        duplicates: u64::try_from(v.duplicates).unwrap_or(u64::MAX),
-        checksum: format!("{:x}", v.checksum),
-        problems,
-    };
 
     // The median run (by command wall time) speaks for the sort: its report is the one
     // written beside bench.json.
-    let mut order: Vec<usize> = (0..sorts.len()).collect();
+    let mut order: Vec<usize> = (0..sorts.len())
+        .filter(|&i| sorts[i].0.io == io[0])
+        .collect();
     order.sort_by(|&a, &b| sorts[a].0.wall_s.total_cmp(&sorts[b].0.wall_s));
     let median = &sorts[order[order.len() / 2]];
     let median_report =
@@ -346,15 +402,8 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
         reduce_tasks: median_report.reduce_tasks,
         checksum: format!("{checksum:x}"),
         teragen_s,
-        teravalidate_s,
-        figures: figures(
-            bytes,
-            &cluster,
-            teragen_s,
-            teravalidate_s,
-            &sorts.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
-            median_report,
-        ),
+        cold,
+        figures: figures(bytes, &cluster, teragen_s, &validations, &sorts),
         latencies: median_report
             .histograms
             .iter()
@@ -370,7 +419,7 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
             .collect(),
         sorts: sorts.iter().map(|s| s.0.clone()).collect(),
         cluster,
-        validation,
+        validations,
     };
     quern_runtime::report::write_dir(median_report, &dir)?;
     let json = serde_json::to_string_pretty(&record)
@@ -379,12 +428,18 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
     write_file(&dir.join(BENCH_JSON), json.as_bytes())?;
     write_file(&dir.join("bench.md"), md.as_bytes())?;
     let _ = std::io::stdout().write_all(md.as_bytes());
-    if record.validation.ok {
+    let wrong: Vec<String> = record
+        .validations
+        .iter()
+        .filter(|v| !v.ok)
+        .map(|v| format!("{:?} I/O: {}", v.io, v.problems.join("; ")))
+        .collect();
+    if wrong.is_empty() {
         Ok(Outcome::Ok)
     } else {
         eprintln!(
             "quern bench: the sorted output is wrong: {}",
-            record.validation.problems.join("; ")
+            wrong.join("; ")
         );
         Ok(Outcome::Negative)
     }
@@ -446,7 +501,7 @@ fn check_space(dir: &Path, bytes: u64, mode: &RunMode) -> Result<Vec<Disk>, Erro
 }
 
 /// One sort's times, from its report.
-fn sort_run(wall_s: f64, r: &Report) -> SortRun {
+fn sort_run(io: IoMode, wall_s: f64, r: &Report) -> SortRun {
     let job_s = r.wall_us as f64 / 1e6;
     let map_end = r
         .phases
@@ -454,11 +509,62 @@ fn sort_run(wall_s: f64, r: &Report) -> SortRun {
         .find(|p| p.phase == quern_runtime::report::PhaseName::Map)
         .map_or(0.0, |p| p.end_us as f64 / 1e6);
     SortRun {
+        io,
         wall_s,
         job_s,
         map_phase_s: map_end,
         reduce_phase_s: (job_s - map_end).max(0.0),
     }
+}
+
+/// Validates the sorted `output` into `validate` and checks it against what teragen
+/// generated: every record (count and checksum) and in order.
+fn validation(
+    io: IoMode,
+    run: &RunArgs,
+    registry: &Registry,
+    output: &Path,
+    validate: &Path,
+    records: u64,
+    checksum: u128,
+) -> Result<ValidationRecord, Error> {
+    let t = Instant::now();
+    let v = teravalidate(
+        run,
+        registry,
+        std::slice::from_ref(&output.to_path_buf()),
+        Some(validate.to_path_buf()),
+    )?;
+    let wall_s = t.elapsed().as_secs_f64();
+    let mut problems: Vec<String> = String::from_utf8_lossy(&v.problems)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if v.records != u128::from(records) {
+        problems.push(format!(
+            "{} records in the output, {records} generated",
+            v.records
+        ));
+    }
+    if v.checksum != checksum {
+        problems.push(format!(
+            "output checksum {:x} differs from the input's {checksum:x}",
+            v.checksum
+        ));
+    }
+    if v.misorders > 0 {
+        problems.push(format!("{} records out of order", v.misorders));
+    }
+    Ok(ValidationRecord {
+        io,
+        wall_s,
+        ok: problems.is_empty(),
+        records: u64::try_from(v.records).unwrap_or(u64::MAX),
+        misorders: u64::try_from(v.misorders).unwrap_or(u64::MAX),
+        duplicates: u64::try_from(v.duplicates).unwrap_or(u64::MAX),
+        checksum: format!("{:x}", v.checksum),
+        problems,
+    })
 }
 
 /// Distinct hosts among the job's workers.
@@ -471,62 +577,88 @@ fn nodes(r: &Report) -> u32 {
     hosts.len().max(1) as u32
 }
 
-/// The figures of a run, in table order.
+/// The figures of a run, in table order: per I/O mode, the sort's times (median, min, max
+/// of its runs; the phases and latencies of its median run) and throughput.
 fn figures(
     bytes: u64,
     cluster: &ClusterRecord,
     teragen_s: f64,
-    teravalidate_s: f64,
-    sorts: &[SortRun],
-    median: &Report,
+    validations: &[ValidationRecord],
+    sorts: &[(SortRun, JobReport)],
 ) -> Vec<Figure> {
-    let fig = |name: &str, value: f64, unit: &str, higher_is_better: bool| Figure {
-        name: name.into(),
+    let fig = |name: String, value: f64, unit: &str, higher_is_better: bool| Figure {
+        name,
         value,
         unit: unit.into(),
         higher_is_better,
     };
-    let mut walls: Vec<f64> = sorts.iter().map(|s| s.wall_s).collect();
-    walls.sort_by(f64::total_cmp);
-    let med = walls[walls.len() / 2];
-    let mb_per_s = bytes as f64 / 1e6 / med.max(1e-9);
-    let m = sort_run(med, median);
-    let mut out = vec![
-        fig("teragen wall", teragen_s, "s", false),
-        fig("terasort wall (median)", med, "s", false),
-        fig("terasort wall (min)", walls[0], "s", false),
-        fig("terasort wall (max)", walls[walls.len() - 1], "s", false),
-        fig("terasort job (median run)", m.job_s, "s", false),
-        fig("map phase (median run)", m.map_phase_s, "s", false),
-        fig("reduce phase (median run)", m.reduce_phase_s, "s", false),
-        fig("teravalidate wall", teravalidate_s, "s", false),
-        fig("sort throughput", mb_per_s, "MB/s", true),
-        fig(
-            "sort throughput per node",
-            mb_per_s / f64::from(cluster.nodes.max(1)),
-            "MB/s",
-            true,
-        ),
-        fig(
-            "sort throughput per core (task slot)",
-            mb_per_s / f64::from(cluster.slots.max(1)),
-            "MB/s",
-            true,
-        ),
-    ];
-    // Latency percentiles, of the histograms with more than one sample (the phase ends are
-    // one sample each, and figures above already).
-    for h in &median.histograms {
-        if h.percentiles.count <= 1 || !h.is_duration() {
-            continue;
+    let mut out = vec![fig("teragen wall".into(), teragen_s, "s", false)];
+    let mut modes: Vec<IoMode> = sorts.iter().map(|s| s.0.io).collect();
+    modes.dedup();
+    modes.sort();
+    modes.dedup();
+    for io in modes {
+        let x = io.suffix();
+        let mut runs: Vec<&(SortRun, JobReport)> = sorts.iter().filter(|s| s.0.io == io).collect();
+        runs.sort_by(|a, b| a.0.wall_s.total_cmp(&b.0.wall_s));
+        let (min, med, max) = (runs[0], runs[runs.len() / 2], runs[runs.len() - 1]);
+        let m = &med.0;
+        let mb_per_s = bytes as f64 / 1e6 / m.wall_s.max(1e-9);
+        out.extend([
+            fig(format!("terasort wall (median){x}"), m.wall_s, "s", false),
+            fig(format!("terasort wall (min){x}"), min.0.wall_s, "s", false),
+            fig(format!("terasort wall (max){x}"), max.0.wall_s, "s", false),
+            fig(format!("terasort job (median run){x}"), m.job_s, "s", false),
+            fig(
+                format!("map phase (median run){x}"),
+                m.map_phase_s,
+                "s",
+                false,
+            ),
+            fig(
+                format!("reduce phase (median run){x}"),
+                m.reduce_phase_s,
+                "s",
+                false,
+            ),
+        ]);
+        if let Some(v) = validations.iter().find(|v| v.io == io) {
+            out.push(fig(format!("teravalidate wall{x}"), v.wall_s, "s", false));
         }
-        for (p, v) in [
-            ("p50", h.percentiles.p50),
-            ("p99", h.percentiles.p99),
-            ("p99.9", h.percentiles.p999),
-            ("max", h.percentiles.max),
-        ] {
-            out.push(fig(&format!("{} {p}", h.name), v as f64 / 1e3, "ms", false));
+        out.extend([
+            fig(format!("sort throughput{x}"), mb_per_s, "MB/s", true),
+            fig(
+                format!("sort throughput per node{x}"),
+                mb_per_s / f64::from(cluster.nodes.max(1)),
+                "MB/s",
+                true,
+            ),
+            fig(
+                format!("sort throughput per core (task slot){x}"),
+                mb_per_s / f64::from(cluster.slots.max(1)),
+                "MB/s",
+                true,
+            ),
+        ]);
+        // Latency percentiles, of the histograms with more than one sample (the phase ends
+        // are one sample each, and figures above already).
+        for h in med.1.report.iter().flat_map(|r| &r.histograms) {
+            if h.percentiles.count <= 1 || !h.is_duration() {
+                continue;
+            }
+            for (p, v) in [
+                ("p50", h.percentiles.p50),
+                ("p99", h.percentiles.p99),
+                ("p99.9", h.percentiles.p999),
+                ("max", h.percentiles.max),
+            ] {
+                out.push(fig(
+                    format!("{} {p}{x}", h.name),
+                    v as f64 / 1e3,
+                    "ms",
+                    false,
+                ));
+            }
         }
     }
     out
@@ -543,21 +675,30 @@ fn render_md(r: &BenchRecord, previous: Option<&BenchRecord>) -> String {
         human_bytes(u128::from(r.bytes))
     );
     let _ = writeln!(md, "`{}`\n", r.command);
-    let _ = writeln!(
-        md,
-        "Validation: **{}** — {} records, {} out of order, {} duplicate keys, checksum {} (teragen's {}).{}\n",
-        if r.validation.ok { "passed" } else { "FAILED" },
-        r.validation.records,
-        r.validation.misorders,
-        r.validation.duplicates,
-        r.validation.checksum,
-        r.checksum,
-        if r.validation.problems.is_empty() {
-            String::new()
-        } else {
-            format!(" Problems: {}.", r.validation.problems.join("; "))
-        }
-    );
+    for v in &r.validations {
+        let _ = writeln!(
+            md,
+            "Validation of the {:?} I/O output: **{}** — {} records, {} out of order, {} duplicate keys, checksum {} (teragen's {}).{}\n",
+            v.io,
+            if v.ok { "passed" } else { "FAILED" },
+            v.records,
+            v.misorders,
+            v.duplicates,
+            v.checksum,
+            r.checksum,
+            if v.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" Problems: {}.", v.problems.join("; "))
+            }
+        );
+    }
+    if r.cold {
+        let _ = writeln!(
+            md,
+            "Cold: the page cache was written back and dropped before each sort and each validation.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "Cluster: {}, {} workers on {} node(s), {} task slots; M = {} map tasks, R = {} reduce tasks; {} sort run(s).\n",
@@ -625,12 +766,13 @@ fn render_md(r: &BenchRecord, previous: Option<&BenchRecord>) -> String {
             }
         }
     }
-    let _ = writeln!(md, "\nSort runs (s):\n\n| run | command | job | map phase | reduce phase |\n|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "\nSort runs (s), in the order run:\n\n| run | I/O | command | job | map phase | reduce phase |\n|---:|---|---:|---:|---:|---:|");
     for (i, s) in r.sorts.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:?} | {:.2} | {:.2} | {:.2} | {:.2} |",
             i + 1,
+            s.io,
             s.wall_s,
             s.job_s,
             s.map_phase_s,

@@ -237,6 +237,7 @@ mod tests {
             backup_every_task: false,
             skip_bad_records,
             resume: false,
+            direct_io: false,
         })
     }
 

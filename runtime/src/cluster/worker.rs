@@ -86,6 +86,8 @@ struct JobEntry {
     locations: watch::Sender<Vec<LocationNews>>,
     /// Bytes moved by this worker's ended attempts (and, for shuffle, every fetch so far).
     io: JobIo,
+    /// The worker's file output, with direct I/O if the job asked for it.
+    files: IoService,
 }
 
 /// News about one map's output. Reducers read the log from their own position, so each
@@ -171,7 +173,7 @@ impl Shared {
     fn task_env<'a>(&'a self, entry: &'a JobEntry) -> TaskEnv<'a> {
         let spec = &entry.spec;
         TaskEnv {
-            io: &self.io,
+            io: &entry.files,
             work_dir: &entry.dir,
             reducers: spec.reducers,
             memory: (spec.worker_memory / u64::from(self.config.slots.max(1))).max(1 << 20),
@@ -444,6 +446,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
         ToWorker::StartJob { job, spec } => {
             let built = (shared.config.factory)(&spec.job);
             let dir = shared.config.work_dir.join(format!("job-{job}"));
+            let files = shared.io.with_direct_io(spec.direct_io);
             let entry = JobEntry {
                 id: job,
                 inputs: inputs_from_msg(&spec.inputs),
@@ -452,6 +455,7 @@ fn handle(shared: &Arc<Shared>, msg: ToWorker) {
                 dir,
                 locations: watch::Sender::new(Vec::new()),
                 io: JobIo::default(),
+                files,
             };
             shared.state().jobs.insert(job, Arc::new(entry));
         }
@@ -891,9 +895,10 @@ async fn reduce_attempt(
             };
             in_flight.insert(map);
             let (shared, input, job_id) = (shared.clone(), input.clone(), entry.id);
+            let files = entry.files.clone();
             fetches.spawn(async move {
                 let asked = Instant::now();
-                let result = fetch(&shared, job_id, &location, partition, &input).await;
+                let result = fetch(&shared, &files, job_id, &location, partition, &input).await;
                 (
                     location,
                     result.map(|(bytes, remote)| Fetched {
@@ -980,17 +985,10 @@ async fn reduce_attempt(
         }
     };
     let out = OutputDir::open(Path::new(&entry.spec.output));
-    let (shared2, control2) = (shared.clone(), control.clone());
+    let (files, control2) = (entry.files.clone(), control.clone());
     blocking(move || {
-        let mut counters = task::reduce_task(
-            &*job,
-            input,
-            partition,
-            attempt,
-            &out,
-            &shared2.io,
-            &control2,
-        )?;
+        let mut counters =
+            task::reduce_task(&*job, input, partition, attempt, &out, &files, &control2)?;
         counters.add("shuffle.bytes", shuffled);
         counters.add("shuffle.remote.bytes", fetched_remotely);
         Ok(Outcome {
@@ -1046,9 +1044,10 @@ fn report_bad_map_output(shared: &Shared, entry: &JobEntry, attempt: u64, e: &Er
 /// Adds partition `partition` of a map attempt's output to `input`: straight from disk
 /// when it lives on this host, else over QUIC from the worker that holds it — into memory
 /// if the reduce's fetch budget has room, streamed to a local file if not. Returns the
-/// bytes gathered and whether they crossed the network.
+/// bytes gathered and whether they crossed the network. Spills are written through `files`.
 async fn fetch(
     shared: &Arc<Shared>,
+    files: &IoService,
     job: u64,
     location: &MapLocation,
     partition: u32,
@@ -1130,7 +1129,7 @@ async fn fetch(
     }
     // Over budget: stream the segments to a local file as they arrive.
     let path = lock(input).spill_file();
-    let mut spill = SpillWriter::new(&shared.io, &path)?;
+    let mut spill = SpillWriter::new(files, &path)?;
     let received = net::recv_segments_streaming(&mut recv, want, |segment, bytes| {
         spill
             .push(segment, bytes)
