@@ -10,7 +10,10 @@
 //!   checks every result and writes `benches/results/peers.{md,json}`; `shuffle_net`
 //!   measures the shuffle's QUIC transport between two processes against TCP (`peers
 //!   --only shuffle` runs it); `straggler` runs
-//!   terasort on a hand-started cluster with one slow worker, with and without speculation.
+//!   terasort on a hand-started cluster with one slow worker, with and without speculation;
+//!   `linkspeed` (root) runs terasort over four worker network namespaces with `tc tbf`-shaped
+//!   veths and writes `benches/results/linkspeed/linkspeed.{md,json}`: per-link shuffle
+//!   throughput against the link rate, and worker CPU per GB shuffled over the network.
 //! - Scripts in `benches/scripts/` (bash; not tests, not CI): `scale.sh` (many small files,
 //!   any fan-in, spilling reducers: wall time and peak anonymous memory), `os_straggler.sh`
 //!   (a worker slowed by the OS, with and without speculation) and `fuzz.sh`.
