@@ -46,16 +46,11 @@ impl Machine {
             .find_map(|l| l.strip_prefix("model name"))
             .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
             .unwrap_or_default();
-        let memory_bytes = read("/proc/meminfo")
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024);
         Machine {
             hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
             cores: quern_runtime::local::default_threads(),
             cpu,
-            memory_bytes,
+            memory_bytes: quern_runtime::local::total_memory().unwrap_or(0),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             quern_version: env!("CARGO_PKG_VERSION").to_string(),
             quern_commit: COMMIT.to_string(),

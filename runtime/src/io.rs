@@ -249,10 +249,9 @@ type Completion = (io::Result<()>, Vec<u8>);
 
 /// The aligned buffers of a direct-I/O writer.
 struct Staging {
-    /// `DIRECT_BUF + DIRECT_ALIGN` bytes; the aligned window starts at `off`. Never resized,
-    /// so the window stays put.
+    /// `DIRECT_BUF + DIRECT_ALIGN` bytes; the aligned window starts at [`Staging::off`].
+    /// Never resized, so the window stays put.
     buf: Vec<u8>,
-    off: usize,
     /// Bytes of the window filled so far.
     filled: usize,
     /// Buffers back from finished writes.
@@ -263,26 +262,30 @@ struct Staging {
 
 impl Staging {
     fn new() -> Staging {
-        let buf = vec![0u8; DIRECT_BUF + DIRECT_ALIGN];
         Staging {
-            off: buf.as_ptr().align_offset(DIRECT_ALIGN),
-            buf,
+            buf: Self::fresh_buf(),
             filled: 0,
             spare: Vec::new(),
             written: 0,
         }
     }
 
+    fn fresh_buf() -> Vec<u8> {
+        vec![0u8; DIRECT_BUF + DIRECT_ALIGN]
+    }
+
+    /// Where the aligned window of `buf` starts.
+    fn off(&self) -> usize {
+        self.buf.as_ptr().align_offset(DIRECT_ALIGN)
+    }
+
     /// Takes the first `n` bytes of the window (a multiple of [`DIRECT_ALIGN`]) to be
     /// written at the returned offset, and starts an empty window in a fresh buffer.
     fn take(&mut self, n: usize) -> (Vec<u8>, std::ops::Range<usize>, u64) {
         debug_assert!(n % DIRECT_ALIGN == 0 && n <= self.filled);
-        let fresh = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| vec![0u8; DIRECT_BUF + DIRECT_ALIGN]);
+        let start = self.off();
+        let fresh = self.spare.pop().unwrap_or_else(Self::fresh_buf);
         let full = std::mem::replace(&mut self.buf, fresh);
-        let start = std::mem::replace(&mut self.off, self.buf.as_ptr().align_offset(DIRECT_ALIGN));
         let pos = self.written;
         self.written += n as u64;
         self.filled = 0;
@@ -358,7 +361,7 @@ impl FileWriter {
     fn stage(&mut self, mut bytes: &[u8]) -> Result<()> {
         while let Some(st) = self.staging.as_mut().filter(|_| !bytes.is_empty()) {
             let n = (DIRECT_BUF - st.filled).min(bytes.len());
-            let at = st.off + st.filled;
+            let at = st.off() + st.filled;
             st.buf[at..at + n].copy_from_slice(&bytes[..n]);
             st.filled += n;
             bytes = &bytes[n..];
@@ -437,10 +440,11 @@ impl FileWriter {
         let mut tail = None;
         if let Some(st) = self.staging.as_mut().filter(|_| first_err.is_none()) {
             let whole = st.filled / DIRECT_ALIGN * DIRECT_ALIGN;
-            let at = st.off + whole;
+            let off = st.off();
+            let at = off + whole;
             tail = Some((
                 st.written + whole as u64,
-                st.buf[at..st.off + st.filled].to_vec(),
+                st.buf[at..off + st.filled].to_vec(),
             ));
             if whole > 0 {
                 let (buf, range, pos) = st.take(whole);

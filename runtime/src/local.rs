@@ -213,8 +213,8 @@ fn local_attempt(is_map: bool, index: usize, work_dir: &std::path::Path) -> Atte
     }
 }
 
-/// The default sort-buffer budget: a quarter of physical memory (1 GiB if unknown).
-pub fn default_memory() -> u64 {
+/// Physical memory in bytes (`MemTotal` of /proc/meminfo), if it can be read.
+pub fn total_memory() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -222,7 +222,12 @@ pub fn default_memory() -> u64 {
                 .find_map(|l| l.strip_prefix("MemTotal:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(1 << 30, |kib| kib * 1024 / 4)
+        .map(|kib| kib * 1024)
+}
+
+/// The default sort-buffer budget: a quarter of physical memory (1 GiB if unknown).
+pub fn default_memory() -> u64 {
+    total_memory().map_or(1 << 30, |bytes| bytes / 4)
 }
 
 /// Task threads by default: one per core.

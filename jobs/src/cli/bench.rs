@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use clap::Args;
 use quern_runtime::report::{human_bytes, Report};
-use quern_runtime::{Error, JobReport};
+use quern_runtime::Error;
 use serde::{Deserialize, Serialize};
 
 use super::{parse_size, teragen, terasort, teravalidate, Outcome, RunArgs, RunMode};
@@ -331,7 +331,7 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
 
     // Every sort of every I/O mode, in the order run; each mode's last output is validated
     // before the next sort replaces it.
-    let mut sorts: Vec<(SortRun, JobReport)> = Vec::new();
+    let mut sorts: Vec<(SortRun, Report)> = Vec::new();
     let mut validations = Vec::new();
     for i in 0..repeat {
         for &mode in &io {
@@ -350,10 +350,10 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
             let t = Instant::now();
             let report = terasort(&sort_args, registry, std::slice::from_ref(&input), &output)?;
             let wall_s = t.elapsed().as_secs_f64();
-            let r = report.report.as_ref().ok_or_else(|| {
+            let r = report.report.ok_or_else(|| {
                 Error::JobFailed("the sort succeeded but its report is missing".into())
             })?;
-            sorts.push((sort_run(mode, wall_s, r), report));
+            sorts.push((sort_run(mode, wall_s, &r), r));
             if i + 1 == repeat {
                 if cold {
                     drop_caches()?;
@@ -369,17 +369,10 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
         }
     }
 
-    // The median run (by command wall time) speaks for the sort: its report is the one
+    // The median run of the first I/O mode speaks for the sort: its report is the one
     // written beside bench.json.
-    let mut order: Vec<usize> = (0..sorts.len())
-        .filter(|&i| sorts[i].0.io == io[0])
-        .collect();
-    order.sort_by(|&a, &b| sorts[a].0.wall_s.total_cmp(&sorts[b].0.wall_s));
-    let median = &sorts[order[order.len() / 2]];
-    let median_report =
-        median.1.report.as_ref().ok_or_else(|| {
-            Error::JobFailed("the sort succeeded but its report is missing".into())
-        })?;
+    let runs = runs_of(&sorts, io[0]);
+    let median_report = &runs[runs.len() / 2].1;
     let cluster = ClusterRecord {
         mode: match &mode {
             RunMode::Remote { addr, .. } => format!("cluster at {addr}"),
@@ -403,7 +396,7 @@ pub(super) fn terasort_bench(args: TerasortBench, registry: &Registry) -> Result
         checksum: format!("{checksum:x}"),
         teragen_s,
         cold,
-        figures: figures(bytes, &cluster, teragen_s, &validations, &sorts),
+        figures: figures(bytes, &cluster, teragen_s, &io, &validations, &sorts),
         latencies: median_report
             .histograms
             .iter()
@@ -567,6 +560,14 @@ fn validation(
     })
 }
 
+/// The sorts of I/O mode `io`, fastest first (by command wall time): `[len / 2]` is the
+/// median run, which speaks for the mode.
+fn runs_of(sorts: &[(SortRun, Report)], io: IoMode) -> Vec<&(SortRun, Report)> {
+    let mut runs: Vec<_> = sorts.iter().filter(|s| s.0.io == io).collect();
+    runs.sort_by(|a, b| a.0.wall_s.total_cmp(&b.0.wall_s));
+    runs
+}
+
 /// Distinct hosts among the job's workers.
 fn nodes(r: &Report) -> u32 {
     let hosts: std::collections::BTreeSet<&str> = r
@@ -583,8 +584,9 @@ fn figures(
     bytes: u64,
     cluster: &ClusterRecord,
     teragen_s: f64,
+    io: &[IoMode],
     validations: &[ValidationRecord],
-    sorts: &[(SortRun, JobReport)],
+    sorts: &[(SortRun, Report)],
 ) -> Vec<Figure> {
     let fig = |name: String, value: f64, unit: &str, higher_is_better: bool| Figure {
         name,
@@ -593,14 +595,9 @@ fn figures(
         higher_is_better,
     };
     let mut out = vec![fig("teragen wall".into(), teragen_s, "s", false)];
-    let mut modes: Vec<IoMode> = sorts.iter().map(|s| s.0.io).collect();
-    modes.dedup();
-    modes.sort();
-    modes.dedup();
-    for io in modes {
+    for &io in io {
         let x = io.suffix();
-        let mut runs: Vec<&(SortRun, JobReport)> = sorts.iter().filter(|s| s.0.io == io).collect();
-        runs.sort_by(|a, b| a.0.wall_s.total_cmp(&b.0.wall_s));
+        let runs = runs_of(sorts, io);
         let (min, med, max) = (runs[0], runs[runs.len() / 2], runs[runs.len() - 1]);
         let m = &med.0;
         let mb_per_s = bytes as f64 / 1e6 / m.wall_s.max(1e-9);
@@ -642,7 +639,7 @@ fn figures(
         ]);
         // Latency percentiles, of the histograms with more than one sample (the phase ends
         // are one sample each, and figures above already).
-        for h in med.1.report.iter().flat_map(|r| &r.histograms) {
+        for h in &med.1.histograms {
             if h.percentiles.count <= 1 || !h.is_duration() {
                 continue;
             }
