@@ -14,6 +14,9 @@
 //!   `linkspeed` (root) runs terasort over four worker network namespaces with `tc tbf`-shaped
 //!   veths and writes `benches/results/linkspeed/linkspeed.{md,json}`: per-link shuffle
 //!   throughput against the link rate, and worker CPU per GB shuffled over the network.
+//! - `simulate` drives the real scheduler with simulated workers on a simulated clock
+//!   ([`sim`]): Figure 3 of the MapReduce paper from `benches/sim/paper-sort.toml` into
+//!   `benches/results/figure3/`, or `--scale` (M = 200,000, R = 5,000, 2,000 workers).
 //! - Scripts in `benches/scripts/` (bash; not tests, not CI): `scale.sh` (many small files,
 //!   any fan-in, spilling reducers: wall time and peak anonymous memory), `os_straggler.sh`
 //!   (a worker slowed by the OS, with and without speculation) and `fuzz.sh`.
@@ -25,6 +28,8 @@
 //!   second and ok or CRASH, and exits 1 if any crashed; a crashing input lands in
 //!   `fuzz/artifacts/TARGET/`. The seeds are real encodings, rewritten by
 //!   `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
+
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

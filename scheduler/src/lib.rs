@@ -33,9 +33,12 @@
 //!   map can become idle again after reducers filled every slot (its output was lost); then
 //!   the newest reduce attempt is *preempted* (cancelled, not counted as a failure) to make
 //!   room for it — otherwise reducers waiting for that map's output would wait forever.
-//! * **Map outputs.** [`Command::MapOutputReady`] is emitted when a map commits and, for each
-//!   committed map, right after a reduce attempt is assigned, so every reducer learns every
-//!   location. Map-only jobs have no reducers and get no `MapOutputReady`.
+//! * **Map outputs.** [`Command::MapOutputReady`] is emitted once each time a map's output
+//!   becomes available (its commit, or its re-attachment after a resume): O(M) commands in
+//!   all, not one per (map, reduce attempt). The driver keeps the announced locations (and
+//!   drops them on `MapOutputLost`) and gives a newly assigned reducer all of them, as the
+//!   coordinator introduces every worker to the job's announcements. Map-only jobs have no
+//!   reducers and get no `MapOutputReady`.
 //! * **Exactly once.** The first `AttemptSucceeded` of a task commits it and every other
 //!   running attempt of the task (a backup, or the original a backup beat) is cancelled. Reports from attempts that are not running
 //!   (cancelled, failed, lost, already committed) and about unknown attempts or workers are
@@ -295,6 +298,12 @@ pub struct Config {
     /// End-of-phase backups need an estimated time left above this many times the expected
     /// duration of a new attempt (default 1.5); slow tasks need it above 1×.
     pub speculation_margin: f64,
+    /// Speculation examines a phase's running attempts at most once per this interval
+    /// (default 100 ms, Spark's `spark.speculation.interval`); a scan it holds back is due at
+    /// [`Scheduler::poll_timeout`]. A scan walks every running attempt and worker, so on a
+    /// cluster of thousands of workers, each heartbeating, scanning on every event would
+    /// cost O(workers) per heartbeat. `Duration::ZERO` scans on every event.
+    pub speculation_interval: Duration,
     /// After [`Scheduler::resume`], maps whose output no worker reported
     /// ([`Event::OutputFound`]) within this time are re-executed (default 3 s).
     pub resume_grace: Duration,
@@ -327,6 +336,7 @@ impl Default for Config {
             min_runtime: Duration::from_secs(1),
             slow_worker_percentile: 0.25,
             speculation_margin: 1.5,
+            speculation_interval: Duration::from_millis(100),
             resume_grace: Duration::from_secs(3),
         }
     }
@@ -423,7 +433,8 @@ pub enum Command {
         /// The worker it runs on.
         worker: WorkerId,
     },
-    /// Map `map`'s output can be fetched from `worker`: tell the running reducers.
+    /// Map `map`'s output can be fetched from `worker`: tell every reducer, running and
+    /// future (the driver keeps the announcement until `MapOutputLost`).
     MapOutputReady {
         /// The map task's index.
         map: u32,

@@ -19,6 +19,7 @@
 //! which keeps the three views of a running attempt — the attempt's state, its worker's
 //! `running` set and its task's `Running { attempts }` set — in agreement.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::mem;
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub struct Scheduler {
     idle_reduces: BTreeSet<u32>,
     /// Maps whose `last_commit` is set; only grows.
     maps_ever_committed: u32,
-    attempts: BTreeMap<AttemptId, Attempt>,
+    attempts: AttemptTable,
     next_attempt: u64,
     workers: BTreeMap<WorkerId, Worker>,
     commands: VecDeque<Command>,
@@ -69,9 +70,27 @@ pub struct Scheduler {
     /// Since when every map output has been available (`None` while one is missing): a
     /// reduce cannot progress before, so its age for speculation counts from here.
     outputs_since: Option<Duration>,
+    /// Per phase (`Phase as usize`): when speculation last scanned it, whether a slot freed
+    /// since, and whether a scan was held back since (see `speculate`).
+    speculated: [ScanClock; 2],
+    /// The slow workers as found at `at`, kept for `speculation_interval` (see `schedule`).
+    slow_cache: Option<SlowCache>,
     /// Per worker: sum and number of the progress rates (1 / time from `progress_since` to
     /// commit) of its committed attempts, for the slow-worker test.
     worker_rates: BTreeMap<WorkerId, (f64, u32)>,
+    /// Invariant: exactly the workers with a free slot (so alive), keyed by (most free slots
+    /// first, lowest id): the order `pick_worker` chooses in, without a walk of every worker.
+    /// Kept by `update_worker`, the only place a worker's `running` or `state` changes.
+    free_workers: BTreeSet<(Reverse<u32>, WorkerId)>,
+    /// Invariant: exactly the live workers, by (`last_seen`, id): heartbeat expiry looks at
+    /// the front only.
+    by_last_seen: BTreeSet<(Duration, WorkerId)>,
+    /// Invariant: exactly the running attempts, per phase (`Phase as usize`), in id order
+    /// (for preemption the newest reduce is last; speculation walks only its phase's).
+    running_by_phase: [BTreeSet<AttemptId>; 2],
+    /// Invariant: the number of tasks in a `Running` state; the running attempts beyond
+    /// these are backups.
+    running_tasks: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -215,7 +234,7 @@ impl Scheduler {
             maps,
             reduces,
             maps_ever_committed: 0,
-            attempts: BTreeMap::new(),
+            attempts: AttemptTable::default(),
             next_attempt: 0,
             workers: BTreeMap::new(),
             commands: VecDeque::new(),
@@ -229,7 +248,13 @@ impl Scheduler {
             handled: Duration::ZERO,
             committed_durations: [(Duration::ZERO, 0); 2],
             outputs_since: None,
+            speculated: [ScanClock::default(); 2],
+            slow_cache: None,
             worker_rates: BTreeMap::new(),
+            free_workers: BTreeSet::new(),
+            by_last_seen: BTreeSet::new(),
+            running_by_phase: [BTreeSet::new(), BTreeSet::new()],
+            running_tasks: 0,
         }
     }
 
@@ -285,8 +310,7 @@ impl Scheduler {
     /// The next command, in the order they were produced; `None` when there are none left.
     ///
     /// Within one `handle`, the commands of a lost worker (timeout) come first, then those of
-    /// the event, then the placements (`Assign`, each reduce's `MapOutputReady`s right after
-    /// its `Assign`). A `Cancel` of a superseded attempt follows the commit that superseded
+    /// the event, then the placements (`Assign`s). A `Cancel` of a superseded attempt follows the commit that superseded
     /// it; the `Cancel`s of still-running attempts precede `JobDone`/`JobFailed`, which is
     /// always the last command ever.
     pub fn poll(&mut self) -> Option<Command> {
@@ -304,8 +328,9 @@ impl Scheduler {
 
     /// When the scheduler next needs to be called without any event (with
     /// [`Event::Tick`]), as quinn-proto's `poll_timeout`: the earliest of a live worker's
-    /// heartbeat expiry, the end of the resume grace, and a running attempt becoming old
-    /// enough to be backed up. Nothing that only time changes happens before it, so a driver
+    /// heartbeat expiry, the end of the resume grace, a running attempt becoming old
+    /// enough to be backed up, and a speculation scan held back or the kept slow-worker
+    /// set expiring (`Config::speculation_interval`). Nothing that only time changes happens before it, so a driver
     /// may sleep until then; `None` means never (finished, or nothing pending on time).
     pub fn poll_timeout(&self) -> Option<Duration> {
         if self.is_finished() {
@@ -313,11 +338,12 @@ impl Scheduler {
         }
         let after =
             |t: Duration, d: Duration| t.checked_add(d).map(|t| t + Duration::from_nanos(1));
-        let heartbeats = self.workers.values().filter_map(|w| match w.state {
-            // Lost once silent for *more* than the timeout.
-            WorkerState::Alive { last_seen } => after(last_seen, self.config.heartbeat_timeout),
-            WorkerState::Lost { .. } => None,
-        });
+        // The live worker heard from longest ago expires first; lost once silent for *more*
+        // than the timeout.
+        let heartbeats = self
+            .by_last_seen
+            .first()
+            .and_then(|(last_seen, _)| after(*last_seen, self.config.heartbeat_timeout));
         let grace = self
             .grace_until
             .filter(|_| !self.unattached.is_empty())
@@ -327,9 +353,9 @@ impl Scheduler {
             .config
             .speculation
             .then(|| {
-                self.workers
-                    .values()
-                    .flat_map(|w| w.running.iter())
+                self.running_by_phase
+                    .iter()
+                    .flatten()
                     .filter_map(|id| self.attempts.get(id))
                     .filter_map(move |a| {
                         let origin = match a.task.phase {
@@ -341,9 +367,24 @@ impl Scheduler {
             })
             .into_iter()
             .flatten();
+        // A speculation scan held back until its interval has passed.
+        let interval = self.config.speculation_interval;
+        let held = self
+            .speculated
+            .iter()
+            .filter(|c| c.held)
+            .filter_map(move |c| c.last.map(|t| t.saturating_add(interval)));
+        // The kept slow-worker set expires (a task held off a far slower worker may go).
+        let slow_set = self
+            .slow_cache
+            .as_ref()
+            .map(|c| c.at.saturating_add(interval));
         heartbeats
+            .into_iter()
             .chain(grace)
             .chain(backups)
+            .chain(held)
+            .chain(slow_set)
             .filter(|&t| t > self.handled)
             .min()
     }
@@ -468,8 +509,51 @@ impl Scheduler {
                 }
             }
         }
+        let free: BTreeSet<(Reverse<u32>, WorkerId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.free_slots() > 0)
+            .map(|(id, w)| (Reverse(w.free_slots()), *id))
+            .collect();
+        if free != self.free_workers {
+            return Err("free-slot index disagrees with the workers".to_string());
+        }
+        let seen: BTreeSet<(Duration, WorkerId)> = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| Some((alive_since(w)?, *id)))
+            .collect();
+        if seen != self.by_last_seen {
+            return Err("last-seen index disagrees with the workers".to_string());
+        }
+        let running: Vec<&Attempt> = self
+            .attempts
+            .values()
+            .filter(|a| a.state == AttemptState::Running)
+            .collect();
+        let of_phase = |phase: Phase| -> BTreeSet<AttemptId> {
+            self.attempts
+                .iter()
+                .filter(|(_, a)| a.state == AttemptState::Running && a.task.phase == phase)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let by_phase = [of_phase(Phase::Map), of_phase(Phase::Reduce)];
+        if by_phase != self.running_by_phase
+            || running.len() != by_phase[0].len() + by_phase[1].len()
+        {
+            return Err("running-attempt index disagrees with the attempts".to_string());
+        }
+        let tasks = (0..self.config.maps)
+            .map(TaskId::map)
+            .chain((0..self.config.reduces).map(TaskId::reduce))
+            .filter(|t| self.running_attempts(*t).is_some())
+            .count();
+        if tasks != self.running_tasks {
+            return Err("running-task count disagrees with the task states".to_string());
+        }
         let mut committed: BTreeMap<TaskId, AttemptId> = BTreeMap::new();
-        for (id, a) in &self.attempts {
+        for (id, a) in self.attempts.iter() {
             match a.state {
                 AttemptState::Running => {
                     let on_worker = self
@@ -610,16 +694,14 @@ impl Scheduler {
     /// Declares lost every live worker not heard from for longer than the timeout.
     fn expire_workers(&mut self, now: Duration) {
         let timeout = self.config.heartbeat_timeout;
-        let expired: Vec<WorkerId> = self
-            .workers
+        let mut expired: Vec<WorkerId> = self
+            .by_last_seen
             .iter()
-            .filter_map(|(id, w)| match w.state {
-                WorkerState::Alive { last_seen } if now.saturating_sub(last_seen) > timeout => {
-                    Some(*id)
-                }
-                _ => None,
-            })
+            .take_while(|(last_seen, _)| now.saturating_sub(*last_seen) > timeout)
+            .map(|(_, id)| *id)
             .collect();
+        // In id order, as a walk of every worker would find them.
+        expired.sort_unstable();
         for worker in expired {
             self.lose_worker(now, worker);
         }
@@ -679,15 +761,20 @@ impl Scheduler {
         if self.workers.contains_key(&worker) {
             return;
         }
-        self.workers.insert(
-            worker,
-            Worker {
-                slots,
-                state: WorkerState::Alive { last_seen: now },
-                running: BTreeSet::new(),
-                work_dir_fault: None,
-            },
-        );
+        let w = Worker {
+            slots,
+            state: WorkerState::Alive { last_seen: now },
+            running: BTreeSet::new(),
+            work_dir_fault: None,
+        };
+        if w.free_slots() > 0 {
+            self.free_workers.insert((Reverse(w.free_slots()), worker));
+            for clock in &mut self.speculated {
+                clock.freed = true;
+            }
+        }
+        self.by_last_seen.insert((now, worker));
+        self.workers.insert(worker, w);
         self.stats.workers_joined += 1;
     }
 
@@ -698,7 +785,12 @@ impl Scheduler {
                 state: WorkerState::Alive { last_seen },
                 ..
             }) => {
-                *last_seen = (*last_seen).max(now);
+                let seen = (*last_seen).max(now);
+                if seen != *last_seen {
+                    self.by_last_seen.remove(&(*last_seen, worker));
+                    self.by_last_seen.insert((seen, worker));
+                    *last_seen = seen;
+                }
                 true
             }
             _ => false,
@@ -768,14 +860,18 @@ impl Scheduler {
     /// Worker `worker` is gone: `Alive` → `Lost`. Its running attempts are lost, and so is the
     /// output of the maps committed on it if some reduce still needs it.
     fn lose_worker(&mut self, now: Duration, worker: WorkerId) {
-        let Some(w) = self.workers.get_mut(&worker) else {
+        let Some(running) = self
+            .update_worker(worker, |w| {
+                if !w.is_alive() {
+                    return None;
+                }
+                w.state = WorkerState::Lost { at: now };
+                Some(mem::take(&mut w.running))
+            })
+            .flatten()
+        else {
             return;
         };
-        if !w.is_alive() {
-            return;
-        }
-        w.state = WorkerState::Lost { at: now };
-        let running = mem::take(&mut w.running);
         self.stats.workers_lost += 1;
         for attempt in running {
             if self.end_attempt(attempt, AttemptState::Lost).is_some() {
@@ -796,6 +892,47 @@ impl Scheduler {
         for index in lost {
             self.lose_map_output(index);
         }
+    }
+
+    /// Applies `f` to `worker` (if known), keeping `free_workers` and `by_last_seen` in
+    /// step with its free slots and state. Every change of a worker's `running` or `state`
+    /// goes through here.
+    fn update_worker<R>(
+        &mut self,
+        worker: WorkerId,
+        f: impl FnOnce(&mut Worker) -> R,
+    ) -> Option<R> {
+        let w = self.workers.get_mut(&worker)?;
+        let (free, seen) = (w.free_slots(), alive_since(w));
+        let out = f(w);
+        let (free_now, seen_now) = (w.free_slots(), alive_since(w));
+        if free_now > free {
+            for clock in &mut self.speculated {
+                clock.freed = true;
+            }
+        }
+        if free != free_now {
+            if free > 0 {
+                self.free_workers.remove(&(Reverse(free), worker));
+            }
+            if free_now > 0 {
+                self.free_workers.insert((Reverse(free_now), worker));
+            }
+        }
+        if seen != seen_now {
+            if let Some(t) = seen {
+                self.by_last_seen.remove(&(t, worker));
+            }
+            if let Some(t) = seen_now {
+                self.by_last_seen.insert((t, worker));
+            }
+        }
+        Some(out)
+    }
+
+    /// Running attempt `attempt` of `phase` stops running: the running counts and sets.
+    fn leave_running(&mut self, phase: Phase, attempt: AttemptId) {
+        self.running_by_phase[phase as usize].remove(&attempt);
     }
 
     /// Whether committed map outputs are still needed: some reduce has not committed.
@@ -839,9 +976,8 @@ impl Scheduler {
         if a.backup {
             self.stats.backups_won += 1;
         }
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.running.remove(&attempt);
-        }
+        self.update_worker(worker, |w| w.running.remove(&attempt));
+        self.leave_running(task.phase, attempt);
         self.stats.attempts_committed += 1;
         let (total, count) = &mut self.committed_durations[task.phase as usize];
         *total = total.saturating_add(took);
@@ -892,6 +1028,9 @@ impl Scheduler {
                 }
             }
         };
+        if !previous.is_empty() {
+            self.running_tasks -= 1;
+        }
         // The task is committed now, so ending the losers leaves its state alone.
         for loser in previous {
             if loser != attempt {
@@ -1019,9 +1158,8 @@ impl Scheduler {
         }
         a.state = next;
         let (task, worker) = (a.task, a.worker);
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.running.remove(&attempt);
-        }
+        self.update_worker(worker, |w| w.running.remove(&attempt));
+        self.leave_running(task.phase, attempt);
         let index = task.index;
         match task.phase {
             Phase::Map => {
@@ -1031,6 +1169,7 @@ impl Scheduler {
                         if attempts.is_empty() {
                             m.state = MapState::Idle;
                             self.idle_maps.insert(index);
+                            self.running_tasks -= 1;
                         }
                     }
                 }
@@ -1042,6 +1181,7 @@ impl Scheduler {
                         if attempts.is_empty() {
                             r.state = ReduceState::Idle;
                             self.idle_reduces.insert(index);
+                            self.running_tasks -= 1;
                         }
                     }
                 }
@@ -1100,18 +1240,34 @@ impl Scheduler {
     /// map is idle — idle reduces, then backups of straggling reduces. Each idle task goes,
     /// lowest index first, to the live worker with the most free slots.
     fn schedule(&mut self, now: Duration) {
+        // With speculation on, idle tasks avoid slow workers (see `place`). Finding them
+        // walks every worker, so the set is kept across events for `speculation_interval`:
+        // otherwise every commit (and every heartbeat while a task is held off a far slower
+        // worker) would cost O(workers). A set that old is a heuristic's input like any
+        // other: a worker that joined since has no data (so is not slow), and a lost one
+        // has no free slot to be placed on.
+        let interval = self.config.speculation_interval;
+        let cached = self
+            .slow_cache
+            .take()
+            .filter(|c| now < c.at.saturating_add(interval));
+        let at = cached.as_ref().map_or(now, |c| c.at);
+        let mut slow = cached.map(|c| c.workers);
+        self.fill_slots(now, &mut slow);
+        self.slow_cache = slow.map(|workers| SlowCache { at, workers });
+    }
+
+    fn fill_slots(&mut self, now: Duration, slow: &mut Option<BTreeMap<WorkerId, f64>>) {
         self.fail_if_no_work_dir();
         if self.is_finished() {
             return;
         }
-        // With speculation on, idle tasks avoid slow workers (see `place`).
-        let mut slow = None;
         while let Some(&m) = self.idle_maps.first() {
             if self.config.speculation && self.config.backup_every_task {
                 // Backups first: every task is to run twice.
                 self.back_up_everything(now, Phase::Map);
             }
-            if let Some(worker) = self.place(now, Phase::Map, &mut slow) {
+            if let Some(worker) = self.place(now, Phase::Map, slow) {
                 self.launch(now, TaskId::map(m), worker, None);
                 self.forced_backup(now, TaskId::map(m), worker);
                 continue;
@@ -1123,7 +1279,7 @@ impl Scheduler {
             // any map is idle.
             if let Some(victim) = self.preemption_victim() {
                 self.cancel_attempt(victim, CancelReason::Preempted);
-                slow = None; // the victim's rate no longer counts for its worker
+                *slow = None; // the victim's rate no longer counts for its worker
                 continue;
             }
             break;
@@ -1138,7 +1294,7 @@ impl Scheduler {
         // committed, so a straggling map is on every reduce's critical path.
         self.speculate(now, Phase::Map);
         while let Some(&r) = self.idle_reduces.first() {
-            let Some(worker) = self.place(now, Phase::Reduce, &mut slow) else {
+            let Some(worker) = self.place(now, Phase::Reduce, slow) else {
                 break;
             };
             self.launch(now, TaskId::reduce(r), worker, None);
@@ -1206,18 +1362,11 @@ impl Scheduler {
 
     /// Like `pick_worker`, among the workers `allowed` accepts.
     fn pick_worker_where(&self, allowed: impl Fn(WorkerId) -> bool) -> Option<WorkerId> {
-        let mut best: Option<(u32, WorkerId)> = None;
-        for (id, w) in &self.workers {
-            let free = w.free_slots();
-            if free == 0 || !allowed(*id) {
-                continue;
-            }
-            match best {
-                Some((most, _)) if most >= free => {}
-                _ => best = Some((free, *id)),
-            }
-        }
-        best.map(|(_, id)| id)
+        // `free_workers` is in exactly this order: most free slots, then lowest id.
+        self.free_workers
+            .iter()
+            .map(|(_, id)| *id)
+            .find(|id| allowed(*id))
     }
 
     /// The newest running reduce attempt on a worker that takes maps: it has likely made the
@@ -1232,16 +1381,15 @@ impl Scheduler {
         &self,
         allowed: impl Fn(WorkerId) -> bool,
     ) -> Option<(AttemptId, WorkerId)> {
-        self.reduces
+        // The newest allowed attempt of each running reduce, newest of those: the newest
+        // allowed running reduce attempt.
+        self.running_by_phase[Phase::Reduce as usize]
             .iter()
-            .filter_map(|r| match &r.state {
-                ReduceState::Running { attempts } => attempts.iter().rev().find_map(|id| {
-                    let worker = self.attempts.get(id)?.worker;
-                    allowed(worker).then_some((*id, worker))
-                }),
-                _ => None,
+            .rev()
+            .find_map(|id| {
+                let worker = self.attempts.get(id)?.worker;
+                allowed(worker).then_some((*id, worker))
             })
-            .max_by_key(|(attempt, _)| *attempt)
     }
 
     // --- speculation ----------------------------------------------------------------------
@@ -1260,6 +1408,24 @@ impl Scheduler {
             self.back_up_everything(now, phase);
             return;
         }
+        // A scan when a slot has freed since the last one (commits, failures and joins are
+        // O(M + R) events); otherwise — progress reports only — at most once per interval.
+        let clock = &mut self.speculated[phase as usize];
+        let recent = clock
+            .last
+            .is_some_and(|t| now < t.saturating_add(self.config.speculation_interval));
+        if recent && !clock.freed {
+            clock.held = true;
+            return;
+        }
+        *clock = ScanClock {
+            last: Some(now),
+            ..ScanClock::default()
+        };
+        // Nothing of this phase runs: no candidate (and no rate to compare one with).
+        if self.running_by_phase[phase as usize].is_empty() {
+            return;
+        }
         // What a new attempt is expected to take: the mean duration of the attempts of this
         // phase that committed. Without one there is nothing to compare a straggler with.
         let (total, count) = self.committed_durations[phase as usize];
@@ -1274,38 +1440,31 @@ impl Scheduler {
             .map(|w| u64::from(w.slots))
             .sum();
         let cap = ((self.config.speculative_cap * total_slots as f64).floor() as u64).max(1);
-        // Every running attempt, by task: a task's attempts beyond its first are backups.
-        let mut running: BTreeMap<TaskId, Vec<AttemptId>> = BTreeMap::new();
-        for w in self.workers.values() {
-            for id in &w.running {
-                if let Some(a) = self.attempts.get(id) {
-                    running.entry(a.task).or_default().push(*id);
-                }
-            }
-        }
-        let mut backups: u64 = running.values().map(|a| a.len() as u64 - 1).sum();
+        // A task's running attempts beyond its first are backups: all but one per task.
+        let attempts = self.running_by_phase[0].len() + self.running_by_phase[1].len();
+        let mut backups = attempts.saturating_sub(self.running_tasks) as u64;
         if backups >= cap {
             return;
         }
-        let mut rates: Vec<f64> = running
+        let mine = &self.running_by_phase[phase as usize];
+        let mut rates: Vec<f64> = mine
             .iter()
-            .filter(|(task, _)| task.phase == phase)
-            .flat_map(|(_, ids)| ids.iter())
             .filter_map(|id| Some(estimate(self.attempts.get(id)?, now)?.0))
             .collect();
-        rates.sort_by(f64::total_cmp);
-        let Some(slow_rate) = percentile(&rates, self.config.slow_task_percentile) else {
+        let Some(slow_rate) = percentile_of_unsorted(&mut rates, self.config.slow_task_percentile)
+        else {
             return;
         };
         let margin = self.config.speculation_margin;
         let mut candidates: Vec<Straggler> = Vec::new();
-        for (task, ids) in &running {
-            let (true, &[id]) = (task.phase == phase, ids.as_slice()) else {
-                continue; // other phase, or already backed up
-            };
+        for &id in mine {
             let Some(a) = self.attempts.get(&id) else {
                 continue;
             };
+            let task = &a.task;
+            if self.running_attempts(a.task).map(BTreeSet::len) != Some(1) {
+                continue; // already backed up
+            }
             // A reduce's age counts from when it could first progress.
             let origin = match phase {
                 Phase::Map => a.started,
@@ -1405,12 +1564,18 @@ impl Scheduler {
     /// means (its speed relative to a typical worker). Workers without data are not slow.
     fn slow_workers(&self, now: Duration) -> BTreeMap<WorkerId, f64> {
         let rate_of = |a: &Attempt| estimate(a, now).map(|(rate, _)| rate).filter(|r| *r > 0.0);
+        // Both maps are in id order: walk them together instead of looking each worker up.
+        let mut committed = self.worker_rates.iter().peekable();
         let means: Vec<(WorkerId, f64)> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.is_alive())
             .filter_map(|(id, w)| {
-                let (mut sum, mut n) = self.worker_rates.get(id).copied().unwrap_or((0.0, 0));
+                while committed.next_if(|(c, _)| *c < id).is_some() {}
+                let own = committed.next_if(|(c, _)| *c == id).map(|(_, r)| *r);
+                if !w.is_alive() {
+                    return None;
+                }
+                let (mut sum, mut n) = own.unwrap_or((0.0, 0));
                 for rate in w
                     .running
                     .iter()
@@ -1422,11 +1587,10 @@ impl Scheduler {
                 (n > 0).then(|| (*id, sum / f64::from(n)))
             })
             .collect();
-        let mut sorted: Vec<f64> = means.iter().map(|(_, m)| *m).collect();
-        sorted.sort_by(f64::total_cmp);
+        let mut values: Vec<f64> = means.iter().map(|(_, m)| *m).collect();
         let (Some(threshold), Some(median)) = (
-            percentile(&sorted, self.config.slow_worker_percentile),
-            percentile(&sorted, 0.5),
+            percentile_of_unsorted(&mut values, self.config.slow_worker_percentile),
+            percentile_of_unsorted(&mut values, 0.5),
         ) else {
             return BTreeMap::new();
         };
@@ -1448,19 +1612,23 @@ impl Scheduler {
                 let Some(m) = self.maps.get_mut(index as usize) else {
                     return;
                 };
+                let was_idle = m.state == MapState::Idle;
                 if !add_attempt_map(&mut m.state, attempt) {
                     return;
                 }
                 self.idle_maps.remove(&index);
+                self.running_tasks += usize::from(was_idle);
             }
             Phase::Reduce => {
                 let Some(r) = self.reduces.get_mut(index as usize) else {
                     return;
                 };
+                let was_idle = r.state == ReduceState::Idle;
                 if !add_attempt_reduce(&mut r.state, attempt) {
                     return;
                 }
                 self.idle_reduces.remove(&index);
+                self.running_tasks += usize::from(was_idle);
             }
         }
         self.next_attempt += 1;
@@ -1470,9 +1638,8 @@ impl Scheduler {
             self.journal
                 .push_back(JournalEvent::AttemptsReserved { below });
         }
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.running.insert(attempt);
-        }
+        self.update_worker(worker, |w| w.running.insert(attempt));
+        self.running_by_phase[task.phase as usize].insert(attempt);
         self.attempts.insert(
             attempt,
             Attempt {
@@ -1496,14 +1663,32 @@ impl Scheduler {
             worker,
             backup,
         });
-        if task.phase == Phase::Reduce {
-            for (map, m) in (0u32..).zip(&self.maps) {
-                if let MapState::Committed { worker, .. } = m.state {
-                    self.commands
-                        .push_back(Command::MapOutputReady { map, worker });
-                }
-            }
-        }
+    }
+}
+
+/// The slow-worker set of `Scheduler::slow_workers`, kept across events.
+#[derive(Debug, Clone)]
+struct SlowCache {
+    at: Duration,
+    workers: BTreeMap<WorkerId, f64>,
+}
+
+/// When speculation last scanned a phase's running attempts, and what happened since.
+#[derive(Debug, Clone, Copy, Default)]
+struct ScanClock {
+    last: Option<Duration>,
+    /// A worker's free slots grew (or a worker joined) since `last`: the next scan is due
+    /// at once.
+    freed: bool,
+    /// A scan was held back since `last`: one is due at `last + speculation_interval`.
+    held: bool,
+}
+
+/// When a live worker was last heard from; `None` once lost.
+fn alive_since(w: &Worker) -> Option<Duration> {
+    match w.state {
+        WorkerState::Alive { last_seen } => Some(last_seen),
+        WorkerState::Lost { .. } => None,
     }
 }
 
@@ -1577,6 +1762,7 @@ fn estimate(a: &Attempt, now: Duration) -> Option<(f64, f64)> {
     Some((rate, left))
 }
 
+#[cfg(test)]
 /// The `p`-th percentile (`0.0..=1.0`, clamped) of ascending `sorted`, interpolating
 /// linearly between neighbours; `None` if empty. A NaN `p` yields NaN (nothing is below it).
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -1586,6 +1772,74 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     let lo = (pos.floor() as usize).min(last);
     let hi = (pos.ceil() as usize).min(last);
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+/// [`percentile`] of `values` in any order (reordered): the same value, found by selection
+/// in O(n) instead of a sort.
+fn percentile_of_unsorted(values: &mut [f64], p: f64) -> Option<f64> {
+    let last = values.len().checked_sub(1)?;
+    let pos = p.clamp(0.0, 1.0) * last as f64;
+    let lo = (pos.floor() as usize).min(last);
+    let hi = (pos.ceil() as usize).min(last);
+    let (_, lo_value, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+    let lo_value = *lo_value;
+    // The next value in sorted order is the least of those above position `lo`.
+    let hi_value = if hi == lo {
+        lo_value
+    } else {
+        above
+            .iter()
+            .copied()
+            .min_by(f64::total_cmp)
+            .unwrap_or(lo_value)
+    };
+    Some(lo_value + (hi_value - lo_value) * (pos - lo as f64))
+}
+
+/// Every attempt of this incarnation, by id. Ids are handed out consecutively, so the
+/// table is a vector indexed by `id - first`: O(1) where a map would be O(log attempts) on
+/// every heartbeat's progress and every estimate. Iterates in id order.
+#[derive(Debug, Clone, Default)]
+struct AttemptTable {
+    rows: Vec<(AttemptId, Attempt)>,
+}
+
+impl AttemptTable {
+    fn position(&self, id: &AttemptId) -> Option<usize> {
+        let first = self.rows.first()?.0;
+        let guess = usize::try_from(id.0.checked_sub(first.0)?).ok()?;
+        match self.rows.get(guess) {
+            Some((at, _)) if at == id => Some(guess),
+            // Not consecutive after all (never, as ids are allocated): search.
+            _ => self.rows.binary_search_by_key(id, |(at, _)| *at).ok(),
+        }
+    }
+
+    fn get(&self, id: &AttemptId) -> Option<&Attempt> {
+        let i = self.position(id)?;
+        Some(&self.rows[i].1)
+    }
+
+    fn get_mut(&mut self, id: &AttemptId) -> Option<&mut Attempt> {
+        let i = self.position(id)?;
+        Some(&mut self.rows[i].1)
+    }
+
+    /// Adds (or replaces) attempt `id`.
+    fn insert(&mut self, id: AttemptId, attempt: Attempt) {
+        match self.rows.binary_search_by_key(&id, |(at, _)| *at) {
+            Ok(i) => self.rows[i].1 = attempt,
+            Err(i) => self.rows.insert(i, (id, attempt)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&AttemptId, &Attempt)> + '_ {
+        self.rows.iter().map(|(id, a)| (id, a))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Attempt> + '_ {
+        self.rows.iter().map(|(_, a)| a)
+    }
 }
 
 /// `Idle` → `Running {attempt}`, or adds a backup to `Running`; false if committed.
@@ -1646,6 +1900,28 @@ mod tests {
         drain(&mut s);
         s.check_invariants().unwrap();
         s
+    }
+
+    #[test]
+    fn selection_finds_the_percentile_a_sort_finds() {
+        let mut rng = 7u64;
+        for n in 1..40usize {
+            let values: Vec<f64> = (0..n)
+                .map(|_| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((rng >> 40) % 17) as f64 / 4.0
+                })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for p in [0.0, 0.1, 0.25, 0.5, 0.9, 1.0] {
+                let mut v = values.clone();
+                assert_eq!(percentile_of_unsorted(&mut v, p), percentile(&sorted, p));
+            }
+        }
+        assert_eq!(percentile_of_unsorted(&mut [], 0.5), None);
     }
 
     #[test]

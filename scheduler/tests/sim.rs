@@ -975,6 +975,7 @@ fn arbitrary_event_sequences_never_panic() {
             heartbeat_timeout: rng.millis(0, 3000),
             min_runtime: rng.millis(0, 1000),
             resume_grace: rng.millis(0, 3000),
+            speculation_interval: rng.millis(0, 300),
             speculative_cap: [0.0, 0.1, 1.0, f64::NAN][rng.range(0, 3) as usize],
             slow_task_percentile: [0.25, -1.0, 2.0, f64::NAN][rng.range(0, 3) as usize],
             ..Config::default()

@@ -647,7 +647,7 @@ fn a_reduce_that_waited_for_map_output_is_not_slow() {
     assert_eq!(h.progress(ms(1400), W1, 1, 0.0), vec![]);
     let commands = h.progress(ms(1600), W1, 1, 0.0);
     assert!(
-        matches!(&commands[..], [Command::Assign { task, backup: Some(r), .. }, Command::MapOutputReady { .. }] if *task == TaskId::reduce(0) && r.contains("no progress in 1.1 s")),
+        matches!(&commands[..], [Command::Assign { task, backup: Some(r), .. }] if *task == TaskId::reduce(0) && r.contains("no progress in 1.1 s")),
         "{commands:?}"
     );
 }
@@ -795,4 +795,35 @@ fn backup_every_task_runs_each_task_twice_on_two_workers() {
         once.extend(plain.event(ms(0), Event::WorkerJoined { worker, slots: 1 }));
     }
     assert_eq!(assigned(&once).len(), 3, "{once:?}");
+}
+
+#[test]
+fn progress_alone_rescans_once_per_interval_and_a_held_scan_is_due_at_poll_timeout() {
+    // Map 0 crawls on W0. Map 1 commits at 0.6 s: a slot freed, so speculation scans at once
+    // (map 0 is too young). At 1.05 s W0 reports again and map 0 is now a straggler, but
+    // only progress changed since the scan at 0.6 s: the next scan waits for the interval
+    // (0.5 s), is due at 1.1 s, and a Tick then backs map 0 up. Without an interval the
+    // report itself would.
+    let interval = |ms_: u64| Config {
+        speculation_interval: ms(ms_),
+        ..Config::new(3, 0)
+    };
+    let straggler = |h: &mut Harness| {
+        h.progress(ms(500), W0, 0, 0.05);
+        h.progress(ms(500), W1, 1, 0.5);
+        h.progress(ms(500), W2, 2, 0.5);
+        assert_eq!(h.ok(ms(600), 1), vec![]);
+    };
+    let backed_up = |commands: &[Command]| matches!(commands, [Command::Assign { task, worker: W1, backup: Some(_), .. }] if *task == TaskId::map(0));
+    let mut h = Harness::new(interval(500), &[W0, W1, W2]);
+    straggler(&mut h);
+    assert_eq!(h.progress(ms(1050), W0, 0, 0.1), vec![]);
+    assert_eq!(h.s.poll_timeout(), Some(ms(1100)));
+    let commands = h.event(ms(1100), Event::Tick);
+    assert!(backed_up(&commands), "{commands:?}");
+
+    let mut h = Harness::new(interval(0), &[W0, W1, W2]);
+    straggler(&mut h);
+    let commands = h.progress(ms(1050), W0, 0, 0.1);
+    assert!(backed_up(&commands), "{commands:?}");
 }
