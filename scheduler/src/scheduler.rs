@@ -769,9 +769,7 @@ impl Scheduler {
         };
         if w.free_slots() > 0 {
             self.free_workers.insert((Reverse(w.free_slots()), worker));
-            for clock in &mut self.speculated {
-                clock.freed = true;
-            }
+            self.slot_freed();
         }
         self.by_last_seen.insert((now, worker));
         self.workers.insert(worker, w);
@@ -907,9 +905,7 @@ impl Scheduler {
         let out = f(w);
         let (free_now, seen_now) = (w.free_slots(), alive_since(w));
         if free_now > free {
-            for clock in &mut self.speculated {
-                clock.freed = true;
-            }
+            self.slot_freed();
         }
         if free != free_now {
             if free > 0 {
@@ -928,6 +924,14 @@ impl Scheduler {
             }
         }
         Some(out)
+    }
+
+    /// A worker's free slots grew (or a worker joined): the next speculation scan of each
+    /// phase is due at once.
+    fn slot_freed(&mut self) {
+        for clock in &mut self.speculated {
+            clock.freed = true;
+        }
     }
 
     /// Running attempt `attempt` of `phase` stops running: the running counts and sets.
