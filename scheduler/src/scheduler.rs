@@ -778,21 +778,14 @@ impl Scheduler {
 
     /// Records that `worker` was heard from; false if it is unknown or lost.
     fn touch(&mut self, now: Duration, worker: WorkerId) -> bool {
-        match self.workers.get_mut(&worker) {
-            Some(Worker {
-                state: WorkerState::Alive { last_seen },
-                ..
-            }) => {
-                let seen = (*last_seen).max(now);
-                if seen != *last_seen {
-                    self.by_last_seen.remove(&(*last_seen, worker));
-                    self.by_last_seen.insert((seen, worker));
-                    *last_seen = seen;
-                }
+        self.update_worker(worker, |w| match &mut w.state {
+            WorkerState::Alive { last_seen } => {
+                *last_seen = (*last_seen).max(now);
                 true
             }
-            _ => false,
-        }
+            WorkerState::Lost { .. } => false,
+        })
+        .unwrap_or(false)
     }
 
     fn heartbeat(&mut self, now: Duration, worker: WorkerId, progress: Vec<(AttemptId, f64)>) {
