@@ -304,6 +304,10 @@ pub struct Config {
     /// cluster of thousands of workers, each heartbeating, scanning on every event would
     /// cost O(workers) per heartbeat. `Duration::ZERO` scans on every event.
     pub speculation_interval: Duration,
+    /// An attempt's progress rate for speculation is measured over windows at least this
+    /// long (default 2 s): a task that slows down (its machine taken by other work) is
+    /// judged by what it does now, not by its mean since it started.
+    pub rate_window: Duration,
     /// After [`Scheduler::resume`], maps whose output no worker reported
     /// ([`Event::OutputFound`]) within this time are re-executed (default 3 s).
     pub resume_grace: Duration,
@@ -338,6 +342,7 @@ impl Default for Config {
             speculation_margin: 1.5,
             speculation_interval: Duration::from_millis(100),
             resume_grace: Duration::from_secs(3),
+            rate_window: Duration::from_secs(2),
         }
     }
 }

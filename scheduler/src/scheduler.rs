@@ -64,9 +64,11 @@ pub struct Scheduler {
     grace_until: Option<Duration>,
     /// The latest `now` handled: timers at or before it have fired.
     handled: Duration,
-    /// Per phase (`Phase as usize`): total duration and number of the attempts that
-    /// committed in this incarnation — what a new attempt is expected to take.
-    committed_durations: [(Duration, u32); 2],
+    /// Per phase (`Phase as usize`): the last [`RECENT_COMMITS`] attempts that committed in
+    /// this incarnation, oldest first, each with its duration from assignment (their mean
+    /// is what a new attempt is expected to take) and its progress rate once it made
+    /// progress (`None` if it made none in a measurable time).
+    recent_commits: [VecDeque<(Duration, Option<f64>)>; 2],
     /// Since when every map output has been available (`None` while one is missing): a
     /// reduce cannot progress before, so its age for speculation counts from here.
     outputs_since: Option<Duration>,
@@ -246,7 +248,7 @@ impl Scheduler {
             unattached: BTreeMap::new(),
             grace_until: None,
             handled: Duration::ZERO,
-            committed_durations: [(Duration::ZERO, 0); 2],
+            recent_commits: [VecDeque::new(), VecDeque::new()],
             outputs_since: None,
             speculated: [ScanClock::default(); 2],
             slow_cache: None,
@@ -803,6 +805,15 @@ impl Scheduler {
             a.progress_at = a.progress_at.max(now);
             if a.progress == 0.0 {
                 a.progress_since = a.progress_at;
+                a.window_start = (a.progress_at, 0.0);
+                a.recent_rate = None;
+                continue;
+            }
+            let (from, from_progress) = a.window_start;
+            let span = a.progress_at.saturating_sub(from);
+            if span >= self.config.rate_window && !span.is_zero() {
+                a.recent_rate = Some((a.progress - from_progress).max(0.0) / span.as_secs_f64());
+                a.window_start = (a.progress_at, a.progress);
             }
         }
     }
@@ -976,9 +987,12 @@ impl Scheduler {
         self.update_worker(worker, |w| w.running.remove(&attempt));
         self.leave_running(task.phase, attempt);
         self.stats.attempts_committed += 1;
-        let (total, count) = &mut self.committed_durations[task.phase as usize];
-        *total = total.saturating_add(took);
-        *count += 1;
+        let rate = (!worked.is_zero()).then(|| 1.0 / worked.as_secs_f64());
+        let recent = &mut self.recent_commits[task.phase as usize];
+        if recent.len() == RECENT_COMMITS {
+            recent.pop_front();
+        }
+        recent.push_back((took, rate));
         if !worked.is_zero() {
             let (sum, n) = self.worker_rates.entry(worker).or_insert((0.0, 0));
             *sum += 1.0 / worked.as_secs_f64();
@@ -1424,12 +1438,18 @@ impl Scheduler {
             return;
         }
         // What a new attempt is expected to take: the mean duration of the attempts of this
-        // phase that committed. Without one there is nothing to compare a straggler with.
-        let (total, count) = self.committed_durations[phase as usize];
-        if count == 0 {
+        // phase that committed last. Recent ones, not all: a phase's first waves run while
+        // the cluster is crowded (a reduce's shuffle shared with every other), and a backup
+        // launched near its end does not. Without one there is nothing to compare with.
+        let recent = &self.recent_commits[phase as usize];
+        if recent.is_empty() {
             return;
         }
-        let expected = total.as_secs_f64() / f64::from(count);
+        let expected = recent
+            .iter()
+            .map(|(took, _)| took.as_secs_f64())
+            .sum::<f64>()
+            / recent.len() as f64;
         let total_slots: u64 = self
             .workers
             .values()
@@ -1444,9 +1464,12 @@ impl Scheduler {
             return;
         }
         let mine = &self.running_by_phase[phase as usize];
+        // Slow is judged against the running attempts and those that just committed: near a
+        // phase's end, the few still running are not a fair reference for each other.
         let mut rates: Vec<f64> = mine
             .iter()
             .filter_map(|id| Some(estimate(self.attempts.get(id)?, now)?.0))
+            .chain(recent.iter().filter_map(|(_, rate)| *rate))
             .collect();
         let Some(slow_rate) = percentile_of_unsorted(&mut rates, self.config.slow_task_percentile)
         else {
@@ -1647,6 +1670,8 @@ impl Scheduler {
                 progress: 0.0,
                 progress_at: now,
                 progress_since: now,
+                window_start: (now, 0.0),
+                recent_rate: None,
                 backup: backup.is_some(),
             },
         );
@@ -1694,6 +1719,9 @@ fn alive_since(w: &Worker) -> Option<Duration> {
 /// twice as long as on a typical worker, which frees a slot within about one task's time.
 const FAR_SLOWER: f64 = 0.5;
 
+/// Commits per phase that speculation's expectations are taken from (see `recent_commits`).
+const RECENT_COMMITS: usize = 32;
+
 /// A running task that qualifies for a backup.
 #[derive(Debug)]
 struct Straggler {
@@ -1740,8 +1768,12 @@ impl Straggler {
 /// An attempt's progress rate (per second) and estimated seconds left, LATE-style:
 /// `rate = progress / elapsed`, `left = (1 - progress) / rate`, where `elapsed` runs from
 /// when it began to make progress (`progress_since`) to its last report, and the time since
-/// that report is deducted from `left`. `None` until a heartbeat reported its progress; a
-/// rate of 0 (no progress) leaves infinite time.
+/// that report is deducted from `left`. If its last full rate window went slower than that
+/// mean, the window's rate counts: an attempt whose machine was taken by other work partway
+/// is judged by what it does now (LATE's mean would hide the slowdown until late). A window
+/// without progress says nothing new (a phase that reports none, such as a map's final
+/// sort), so the mean stands. `None` until a heartbeat reported its progress; a rate of 0
+/// (no progress) leaves infinite time.
 fn estimate(a: &Attempt, now: Duration) -> Option<(f64, f64)> {
     if a.progress_at <= a.started {
         return None;
@@ -1753,7 +1785,11 @@ fn estimate(a: &Attempt, now: Duration) -> Option<(f64, f64)> {
     if elapsed.is_zero() {
         return None;
     }
-    let rate = a.progress / elapsed.as_secs_f64();
+    let mean = a.progress / elapsed.as_secs_f64();
+    let rate = match a.recent_rate {
+        Some(recent) if recent > 0.0 => mean.min(recent),
+        _ => mean,
+    };
     let since_report = now.saturating_sub(a.progress_at).as_secs_f64();
     let left = ((1.0 - a.progress) / rate - since_report).max(0.0);
     Some((rate, left))

@@ -127,6 +127,12 @@ pub struct Attempt {
     /// (`started` until one did). Progress rates are measured from here, so a reduce that
     /// waited for map outputs is not mistaken for a slow one.
     pub progress_since: Duration,
+    /// Start of the current rate window: a report's time and progress, moved to the latest
+    /// report once [`Config::rate_window`](crate::Config::rate_window) has passed.
+    pub window_start: (Duration, f64),
+    /// Progress per second over the last full rate window (`None` before one passed): what
+    /// the attempt does now, where the mean since `progress_since` is what it did.
+    pub recent_rate: Option<f64>,
     /// Whether it was launched as a speculative backup of a running attempt.
     pub backup: bool,
 }

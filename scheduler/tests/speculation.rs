@@ -491,15 +491,16 @@ fn one_straggler(config: Config) -> Harness {
 #[test]
 fn a_slow_task_is_backed_up_on_a_fast_worker_and_the_first_commit_wins() {
     let mut h = one_straggler(Config::new(3, 0));
-    // Map 0: rate 0.05 / 0.5 s = 0.1/s, below p25 of {0.1, 1.0} = 0.325/s; 9.5 s to go at
-    // its last report, 0.5 s ago. W0 is the slow worker; W1 is free.
+    // Map 0: rate 0.05 / 0.5 s = 0.1/s, below p25 of the running {0.1, 1.0} and map 1's
+    // 1.0/s (committed after 1 s) = 0.55/s; 9.5 s to go at its last report, 0.5 s ago. W0 is
+    // the slow worker; W1 is free.
     assert_eq!(
         h.ok(ms(1000), 1),
         vec![backup(
             3,
             TaskId::map(0),
             W1,
-            "backup of map 0 (attempt 0 on worker 0): rate 0.100/s below p25 0.325/s, 9.0 s left"
+            "backup of map 0 (attempt 0 on worker 0): rate 0.100/s below p25 0.550/s, 9.0 s left"
         )]
     );
     assert!(h.s.attempt(a(3)).is_some_and(|x| x.backup));
@@ -601,9 +602,14 @@ fn backups_never_exceed_the_cap() {
 
 #[test]
 fn end_of_phase_backups_need_time_left_well_above_a_new_attempt() {
-    // Map 2 committed in 0.2 s. Maps 0 and 1 run at the same rate, so neither is "slow", but
-    // each has 1 s left: more than 1.5 x 0.2 s.
-    let mut h = Harness::new(Config::new(3, 0), &[W0, W1, W2]);
+    // Map 2 committed in 0.2 s. No task counts as slow (percentile 0: nothing is below the
+    // slowest), so only this rule applies: maps 0 and 1 have 1 s left each, more than
+    // 1.5 x 0.2 s.
+    let config = Config {
+        slow_task_percentile: 0.0,
+        ..Config::new(3, 0)
+    };
+    let mut h = Harness::new(config.clone(), &[W0, W1, W2]);
     assert_eq!(h.ok(ms(200), 2), vec![]);
     assert_eq!(
         h.progress(ms(1000), W0, 0, 0.5),
@@ -618,9 +624,91 @@ fn end_of_phase_backups_need_time_left_well_above_a_new_attempt() {
     // Cap reached (one backup for 3 slots).
     assert_eq!(h.progress(ms(1000), W1, 1, 0.5), vec![]);
     // A task whose time left does not exceed 1.5x a new attempt is left alone.
-    let mut h = Harness::new(Config::new(3, 0), &[W0, W1, W2]);
+    let mut h = Harness::new(config, &[W0, W1, W2]);
     assert_eq!(h.ok(ms(900), 2), vec![]);
     assert_eq!(h.progress(ms(1000), W0, 0, 0.45), vec![]);
+}
+
+#[test]
+fn a_task_that_slows_partway_is_judged_by_its_recent_rate() {
+    // Map 0 runs at 0.1/s for 6 s, then its machine is taken by other work: 0.01 in each of
+    // the next two 2 s windows. Its mean since the start, 0.062/s, leaves 6.1 s (less than the
+    // 10 s a new attempt takes: no backup); its last window, 0.005/s, leaves 76 s.
+    let paced = |reports: &[(u64, f64)]| {
+        // Workers W1 and W2 stay silent for 10 s: not lost.
+        let config = Config {
+            heartbeat_timeout: Duration::from_secs(60),
+            ..Config::new(3, 0)
+        };
+        let mut h = Harness::new(config, &[W0, W1, W2]);
+        for &(at, p) in reports {
+            h.progress(ms(at), W0, 0, p);
+        }
+        let mut commands = h.ok(ms(10_000), 1);
+        commands.extend(h.ok(ms(10_000), 2));
+        (h, commands)
+    };
+    let slowed = [
+        (2000, 0.2),
+        (4000, 0.4),
+        (6000, 0.6),
+        (8000, 0.61),
+        (10_000, 0.62),
+    ];
+    let (h, commands) = paced(&slowed);
+    let recent = h.s.attempt(a(0)).and_then(|x| x.recent_rate);
+    assert!(
+        recent.is_some_and(|r| (r - 0.005).abs() < 1e-9),
+        "{recent:?}"
+    );
+    assert!(
+        matches!(
+            commands.as_slice(),
+            [Command::Assign { task, worker: W1, backup: Some(reason), .. }]
+                if *task == TaskId::map(0) && reason.contains("rate 0.005/s")
+        ),
+        "{commands:?}"
+    );
+    // The same progress at a steady 0.062/s: what the mean alone sees. Not backed up.
+    let steady: Vec<(u64, f64)> = (1..=5).map(|i| (2000 * i, 0.124 * i as f64)).collect();
+    assert_eq!(paced(&steady).1, vec![]);
+}
+
+#[test]
+fn a_new_attempt_is_expected_to_take_what_the_last_commits_took() {
+    // One worker runs 35 maps in turn: maps 0 and 1 take 10 s each (a crowded start), the
+    // next 32 take 1 s each. A new attempt is expected to take the last 32 commits' mean,
+    // 1.0 s, not the phase's mean of 1.5 s. Map 34 has 2 s left when W1 joins: more than
+    // 1.5 x 1.0 s (but not more than 1.5 x 1.5 s), so it is backed up on W1. Percentile 0:
+    // no task counts as slow, so only this rule applies.
+    let config = Config {
+        slow_task_percentile: 0.0,
+        heartbeat_timeout: Duration::from_secs(60),
+        ..Config::new(35, 0)
+    };
+    let mut h = Harness::new(config, &[W0]);
+    let mut at = 0;
+    for map in 0..34 {
+        at += if map < 2 { 10_000 } else { 1000 };
+        h.ok(ms(at), map);
+    }
+    assert_eq!(h.progress(ms(at + 2000), W0, 34, 0.5), vec![]);
+    assert_eq!(
+        h.event(
+            ms(at + 2000),
+            Event::WorkerJoined {
+                worker: W1,
+                slots: 1
+            }
+        ),
+        vec![backup(
+            35,
+            TaskId::map(34),
+            W1,
+            "backup of map 34 (attempt 34 on worker 0): end of map phase, 2.0 s left, a new \
+             attempt takes ~1.0 s"
+        )]
+    );
 }
 
 #[test]

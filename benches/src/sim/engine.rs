@@ -109,6 +109,10 @@ struct Machine {
     read_factor: f64,
     /// CPU rate multiplier.
     cpu_factor: f64,
+    /// From this time on (s; infinite: never) other work shares the machine: its CPU,
+    /// disks and NIC run at `busy_factor` of their rate.
+    busy_at: f64,
+    busy_factor: f64,
     join_at: f64,
     joined: bool,
     /// Killed: silent, runs nothing, its map outputs are gone.
@@ -116,6 +120,17 @@ struct Machine {
     next_heartbeat: f64,
     /// Attempt ids running here.
     running: Vec<u64>,
+}
+
+impl Machine {
+    /// The share of its CPU, disks and NIC the job's attempts get at `now`.
+    fn share(&self, now: f64) -> f64 {
+        if now >= self.busy_at {
+            self.busy_factor
+        } else {
+            1.0
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -291,6 +306,8 @@ impl Sim {
             .map(|_| Machine {
                 read_factor: 1.0,
                 cpu_factor: 1.0,
+                busy_at: f64::INFINITY,
+                busy_factor: 1.0,
                 join_at: 0.0,
                 joined: false,
                 dead: false,
@@ -299,13 +316,14 @@ impl Sim {
             })
             .collect();
         let s = &p.stragglers;
-        let (bad, busy) = (s.bad_disk_workers as usize, s.busy_cpu_workers as usize);
+        let (bad, busy) = (s.bad_disk_workers as usize, s.busy_workers as usize);
         let slow = rng.sample(n, bad + busy + s.no_cache_workers as usize);
         for (i, &m) in slow.iter().enumerate() {
             if i < bad {
                 machines[m].read_factor = 1.0 / s.bad_disk_factor;
             } else if i < bad + busy {
-                machines[m].cpu_factor = 1.0 / s.busy_cpu_factor;
+                machines[m].busy_at = rng.unit() * s.busy_onset_s;
+                machines[m].busy_factor = 1.0 / s.busy_factor;
             } else {
                 machines[m].cpu_factor = 1.0 / s.no_cache_factor;
             }
@@ -525,6 +543,8 @@ impl Sim {
             let restarted = Machine {
                 read_factor: old.read_factor,
                 cpu_factor: old.cpu_factor,
+                busy_at: old.busy_at,
+                busy_factor: old.busy_factor,
                 join_at: t0,
                 joined: false,
                 dead: false,
@@ -570,9 +590,11 @@ impl Sim {
                 continue;
             };
             if *n_have < self.params.job.maps {
-                let mut cap = md.nic.min(md.in_flight * md.region / md.fetch_latency) * r.speed;
+                let share = self.machines[r.worker as usize].share(self.now);
+                let mut cap =
+                    (md.nic * share).min(md.in_flight * md.region / md.fetch_latency) * r.speed;
                 if md.spills {
-                    cap = cap.min(md.stream(md.disk_rate, free));
+                    cap = cap.min(md.stream(md.disk_rate, free) * share);
                 }
                 let waiting = (news - cursor) as f64 * md.region - partial;
                 demands.push((cap.min(waiting.max(0.0) / dt), id));
@@ -640,7 +662,7 @@ impl Sim {
         } else {
             f64::INFINITY
         };
-        disk.min(nic).min(md.reduce_cpu * m.cpu_factor) * r.speed
+        disk.min(nic).min(md.reduce_cpu * m.cpu_factor) * m.share(self.now) * r.speed
     }
 
     /// Moves attempt `id` forward by `dt`; `Some(when)` if it finished in this step.
@@ -658,7 +680,8 @@ impl Sim {
         let slot = (t0 / bucket) as usize;
         let r = self.running.get_mut(id as usize)?.as_mut()?;
         let m = &self.machines[r.worker as usize];
-        let speed = r.speed;
+        // Jitter and the machine's share (contention slows every resource alike).
+        let speed = r.speed * m.share(t0);
         let mut left = dt;
         match &mut r.work {
             Work::Map {
@@ -1000,7 +1023,7 @@ mod tests {
         p.cluster.workers = 18;
         p.cluster.startup_s = 5.0;
         p.stragglers.bad_disk_workers = 1;
-        p.stragglers.busy_cpu_workers = 1;
+        p.stragglers.busy_workers = 1;
         p.stragglers.no_cache_workers = 1;
         p.kill.workers = 4;
         p.kill.at_s = 30.0;

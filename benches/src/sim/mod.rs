@@ -31,8 +31,11 @@
 //!   copies: one to its local disk, the others across the network to other machines' disks
 //!   (under the cluster's symmetry, each machine's disk takes one copy from a peer).
 //! * **Stragglers** ([`params::StragglerParams`]): a few machines whose disks read
-//!   `bad_disk_factor` times slower (§3.6's 30 MB/s → 1 MB/s), a few whose CPU is shared
-//!   with other jobs.
+//!   `bad_disk_factor` times slower (§3.6's 30 MB/s → 1 MB/s), a few whose processor
+//!   caches are disabled (`no_cache_factor` slower CPU), and a few that other jobs' tasks
+//!   come to share at a random time during the job (§3.6's "competition for CPU, memory,
+//!   local disk, or network bandwidth"): from then on the job gets `busy_factor` of their
+//!   CPU, disks and NIC.
 //! * **Failures** ([`Run::Killed`]): `kill.workers` worker processes go silent at
 //!   `kill.at_s`; their running attempts and map outputs are gone, and the scheduler finds
 //!   out by heartbeat timeout. The cluster manager restarts the processes (the machines are

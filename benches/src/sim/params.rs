@@ -111,10 +111,12 @@ pub struct StragglerParams {
     pub bad_disk_workers: u32,
     /// Read slowdown of a bad disk.
     pub bad_disk_factor: f64,
-    /// Machines whose CPU is shared with other jobs.
-    pub busy_cpu_workers: u32,
-    /// CPU slowdown of a busy machine.
-    pub busy_cpu_factor: f64,
+    /// Machines that other jobs' tasks come to share during the job.
+    pub busy_workers: u32,
+    /// Slowdown of a busy machine's CPU, disks and NIC once they do.
+    pub busy_factor: f64,
+    /// Each busy machine's contention starts at a time uniform in `0..busy_onset_s`, s.
+    pub busy_onset_s: f64,
     /// Machines whose processor caches are disabled (§3.6's initialization bug).
     pub no_cache_workers: u32,
     /// Their CPU slowdown.
@@ -238,7 +240,7 @@ impl Params {
         p.cluster.workers = self.scale.workers;
         p.cluster.heartbeat_ms = self.scale.heartbeat_ms;
         p.stragglers.bad_disk_workers = 0;
-        p.stragglers.busy_cpu_workers = 0;
+        p.stragglers.busy_workers = 0;
         p.stragglers.no_cache_workers = 0;
         p
     }
@@ -258,7 +260,7 @@ impl Params {
             c.nic_mb_s,
             c.bisection_gbps,
             self.stragglers.bad_disk_factor,
-            self.stragglers.busy_cpu_factor,
+            self.stragglers.busy_factor,
             self.stragglers.no_cache_factor,
         ];
         if positive.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
@@ -273,11 +275,14 @@ impl Params {
         if c.heartbeat_ms == 0 || self.sim.step_ms == 0 || self.sim.rate_bucket_ms == 0 {
             return bad("heartbeat_ms, step_ms and rate_bucket_ms must be at least 1");
         }
+        if !(self.stragglers.busy_onset_s.is_finite() && self.stragglers.busy_onset_s >= 0.0) {
+            return bad("busy_onset_s must be a time, 0 or more");
+        }
         if !(0.0..1.0).contains(&self.costs.task_jitter) {
             return bad("task_jitter must be in 0..1");
         }
         let s = &self.stragglers;
-        let stragglers = s.bad_disk_workers + s.busy_cpu_workers + s.no_cache_workers;
+        let stragglers = s.bad_disk_workers + s.busy_workers + s.no_cache_workers;
         if stragglers > c.workers || self.kill.workers >= c.workers {
             return bad("more stragglers or killed workers than workers");
         }
