@@ -16,8 +16,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use quern_shuffle::Secret;
@@ -118,7 +118,8 @@ pub struct LocalCluster {
     addr: SocketAddr,
     status_url: String,
     secret_file: PathBuf,
-    stopping: Arc<AtomicBool>,
+    /// Dropped to stop the supervisor: it wakes at once (not at its next poll).
+    stop: Option<mpsc::Sender<()>>,
     respawns: Arc<AtomicU32>,
     supervisor: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -153,13 +154,14 @@ impl WorkerCommand {
 fn supervise(
     workers: Arc<Mutex<Vec<Child>>>,
     command: WorkerCommand,
-    stopping: Arc<AtomicBool>,
+    stop: mpsc::Receiver<()>,
     respawns: Arc<AtomicU32>,
 ) {
-    while !stopping.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    // Polls the workers every 100 ms until the cluster is dropped (the sender goes away).
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(100)) {
         let mut workers = workers.lock().unwrap_or_else(|p| p.into_inner());
-        if stopping.load(Ordering::Relaxed) {
+        // The drop may have begun while this thread waited for the lock: respawn nothing.
+        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
             return;
         }
         for (i, child) in workers.iter_mut().enumerate() {
@@ -213,7 +215,7 @@ impl LocalCluster {
             addr,
             status_url,
             secret_file,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stop: None,
             respawns: Arc::new(AtomicU32::new(0)),
             supervisor: None,
             _dir: dir,
@@ -224,11 +226,9 @@ impl LocalCluster {
                 children.push(command.spawn(i, 0)?);
             }
         }
-        let (w, s, r) = (
-            cluster.workers.clone(),
-            cluster.stopping.clone(),
-            cluster.respawns.clone(),
-        );
+        let (stop, s) = mpsc::channel();
+        cluster.stop = Some(stop);
+        let (w, r) = (cluster.workers.clone(), cluster.respawns.clone());
         cluster.supervisor = Some(
             std::thread::Builder::new()
                 .name("quern-supervisor".into())
@@ -313,7 +313,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
