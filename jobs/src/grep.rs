@@ -461,6 +461,32 @@ impl Grep {
     }
 }
 
+/// Bytes `map_chunk` checks, counts and searches at a time: well inside a core's L2 cache.
+const CACHE_BLOCK: usize = 256 * 1024;
+
+/// `bytes` in consecutive pieces of whole lines, each of about `size` bytes: cut after the
+/// last `\n` within `size`, or after the first one beyond it for a longer line; the last
+/// piece may end without one.
+fn line_blocks(bytes: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = if rest.len() <= size {
+            rest.len()
+        } else {
+            match memchr::memrchr(b'\n', &rest[..size]) {
+                Some(i) => i + 1,
+                None => memchr::memchr(b'\n', &rest[size..]).map_or(rest.len(), |i| size + i + 1),
+            }
+        };
+        let (block, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(block)
+    })
+}
+
 /// Lines of `bytes` holding a match of `regex` (a [`chunk_regex`]), up to the first one
 /// with `first`: one search of the chunk, going on from the next line after each match.
 fn matching_lines(regex: &Regex, bytes: &[u8], first: bool) -> u64 {
@@ -533,20 +559,30 @@ impl Job for Grep {
         self.count_chunk(split, matches, ctx);
     }
 
-    /// `-c`, `-l` and `-q`: one search of the whole chunk (see `chunk_regex`); after each
-    /// match the search goes on from the next line. A chunk holding a NUL, whose lines GNU
-    /// grep cuts at its NULs, is searched line by line.
+    /// `-c`, `-l` and `-q`: one search of each block of whole lines of the chunk (see
+    /// `chunk_regex`); after each match the search goes on from the next line. A chunk
+    /// holding a NUL, whose lines GNU grep cuts at its NULs, is searched line by line. The
+    /// NUL check, the line count (`map.input.records`) and the search read each block while
+    /// it is in cache: three passes over memory would cost more than the search.
     fn map_chunk(&self, split: &SplitInfo<'_>, bytes: &[u8], ctx: &mut MapContext<'_>) -> bool {
         let Some(regex) = &self.chunk_regex else {
             return false;
         };
-        if memchr::memchr(0, bytes).is_some() {
-            return false;
-        }
         // With -q one selected line says it all.
-        let matching = matching_lines(regex, bytes, self.mode == GrepMode::Quiet && !self.invert);
+        let first = self.mode == GrepMode::Quiet && !self.invert;
+        let (mut lines, mut matching) = (0u64, 0u64);
+        for block in line_blocks(bytes, CACHE_BLOCK) {
+            if memchr::memchr(0, block).is_some() {
+                return false;
+            }
+            lines += line_count(block);
+            if !(first && matching > 0) {
+                matching += matching_lines(regex, block, first);
+            }
+        }
+        ctx.chunk_lines(lines);
         let selected = if self.invert {
-            line_count(bytes) - matching
+            lines - matching
         } else {
             matching
         };
@@ -688,6 +724,30 @@ mod tests {
         ] {
             assert!(chunk_regex(expr, false).is_none(), "{expr:?}");
         }
+    }
+
+    #[test]
+    fn line_blocks_cut_after_newlines_and_keep_every_byte() {
+        let text: &[u8] = b"ab\ncdefgh\n\nij\nklmnopqrstu\nv";
+        for size in 1..=text.len() + 1 {
+            let blocks: Vec<&[u8]> = line_blocks(text, size).collect();
+            assert_eq!(blocks.concat(), text, "size {size}");
+            let (last, whole) = blocks.split_last().unwrap();
+            for block in whole {
+                assert!(block.ends_with(b"\n"), "size {size}: {block:?}");
+                // Longer than the size only for a single line that is.
+                let lines = block.iter().filter(|&&b| b == b'\n').count();
+                assert!(block.len() <= size || lines == 1, "size {size}: {block:?}");
+            }
+            assert!(!last.is_empty());
+            assert_eq!(
+                blocks.iter().map(|b| line_count(b)).sum::<u64>(),
+                line_count(text),
+                "size {size}"
+            );
+        }
+        assert_eq!(line_blocks(b"", 4).count(), 0);
+        assert_eq!(line_blocks(b"abcdef", 2).collect::<Vec<_>>(), [b"abcdef"]);
     }
 
     #[test]

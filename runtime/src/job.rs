@@ -344,6 +344,8 @@ pub struct MapContext<'a> {
     pub(crate) base: u64,
     pub(crate) weight: u64,
     pub(crate) failure: Option<String>,
+    /// The lines of the chunk [`Job::map_chunk`] mapped, if it counted them.
+    pub(crate) chunk_lines: Option<u64>,
 }
 
 impl std::fmt::Debug for MapContext<'_> {
@@ -364,6 +366,7 @@ impl<'a> MapContext<'a> {
             base: 0,
             weight: 1,
             failure: None,
+            chunk_lines: None,
         }
     }
 
@@ -428,6 +431,14 @@ impl<'a> MapContext<'a> {
         if let Some(control) = self.control {
             control.set_status(message);
         }
+    }
+
+    /// From [`Job::map_chunk`]: the chunk holds `lines` lines (as
+    /// [`line_count`](crate::input::line_count) counts them), so the runtime need not count
+    /// them again for `map.input.records`. For a job that counts them anyway, in the same
+    /// pass as its own work.
+    pub fn chunk_lines(&mut self, lines: u64) {
+        self.chunk_lines = Some(lines);
     }
 
     /// The failure recorded by [`MapContext::fail`], as the attempt's error.
@@ -577,7 +588,8 @@ pub trait Job: Send + Sync {
     /// to be fed the chunk's records through [`Job::map_split`] instead (the default).
     ///
     /// The runtime offers it only to attempts with no records to skip and no injected
-    /// faults, and counts the chunk's lines for `map.input.records` itself.
+    /// faults, and counts the chunk's lines for `map.input.records` itself unless the job
+    /// told it with [`MapContext::chunk_lines`].
     fn map_chunk(&self, split: &SplitInfo<'_>, bytes: &[u8], ctx: &mut MapContext<'_>) -> bool {
         let _ = (split, bytes, ctx);
         false

@@ -840,7 +840,9 @@ fn feed_split(
                 && !control.needs_records()
                 && job.map_chunk(&info, data.bytes(), &mut ctx)
             {
-                counted.n = u128::from(crate::input::line_count(data.bytes()));
+                let lines = ctx.chunk_lines.take();
+                counted.n =
+                    u128::from(lines.unwrap_or_else(|| crate::input::line_count(data.bytes())));
             } else {
                 job.map_split(&info, &mut counted, &mut ctx);
             }
