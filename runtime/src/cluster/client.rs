@@ -40,11 +40,13 @@ pub enum JobEvent {
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long [`submit`] gives its endpoint to send the connection close once the job ended.
-/// The close goes out on the endpoint driver's next turn; waiting for the endpoint to be
-/// idle would also wait out QUIC's draining period (3 PTO: about 100 ms on loopback, most
-/// of a small job's end-to-end time), which only answers a peer's retransmissions, and the
-/// coordinator has sent its last message already.
-const CLOSE_GRACE: Duration = Duration::from_millis(10);
+/// The close goes out on the endpoint driver's next turn (tens of microseconds); waiting
+/// for the endpoint to be idle would also wait out QUIC's draining period (3 PTO: about
+/// 100 ms on loopback, most of a small job's end-to-end time), which only answers a peer's
+/// retransmissions, and the coordinator has sent its last message already. A close that
+/// is not sent in time costs nothing but the coordinator's wait for it (it ends the
+/// connection after 10 s or its idle timeout).
+const CLOSE_GRACE: Duration = Duration::from_millis(2);
 
 /// Submits `spec` to the coordinator at `coordinator` and waits until the job ends, telling
 /// `events` how it goes. Ctrl-C abandons the job: the coordinator sees the client go and

@@ -324,11 +324,14 @@ impl Drop for LocalCluster {
         for child in &mut workers {
             drop(child.stdin.take());
         }
+        // A worker exits within a few milliseconds: poll often at first.
         let grace = std::time::Instant::now() + Duration::from_secs(2);
+        let mut pause = Duration::from_micros(250);
         while std::time::Instant::now() < grace
             && workers.iter_mut().any(|c| matches!(c.try_wait(), Ok(None)))
         {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
         for child in workers
             .iter_mut()
