@@ -415,17 +415,86 @@ mod tests {
         }
     }
 
-    /// One segment holding a single large block of `n` records.
-    fn one_block_segment(n: u32) -> Segment {
+    /// A fetched segment of `records` (already in order), in blocks of about `block` bytes.
+    fn segment(records: &[(Vec<u8>, Vec<u8>)], block: usize) -> Segment {
         let mut bytes = Vec::new();
-        let mut w = BlockWriter::new(usize::MAX);
-        for i in 0..n {
-            w.push(&i.to_be_bytes(), b"v", &mut bytes).expect("push");
+        let mut w = BlockWriter::new(block);
+        for (k, v) in records {
+            w.push(k, v, &mut bytes).expect("push");
         }
         w.flush(&mut bytes).expect("flush");
         let mut aligned = AlignedVec::<16>::new();
         aligned.extend_from_slice(&bytes);
         Segment::fetched(PathBuf::from("test"), 0, aligned)
+    }
+
+    /// One segment holding a single large block of `n` records.
+    fn one_block_segment(n: u32) -> Segment {
+        let records: Vec<_> = (0..n)
+            .map(|i| (i.to_be_bytes().to_vec(), b"v".to_vec()))
+            .collect();
+        segment(&records, usize::MAX)
+    }
+
+    #[test]
+    fn merge_yields_every_record_in_key_value_run_order() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        // Short keys from a small alphabet (many duplicates, equal 8-byte prefixes with
+        // different tails), some runs empty, blocks of a few records.
+        for k in [0usize, 1, 2, 3, 4, 5, 7, 8, 16, 17, 33] {
+            let runs: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..k)
+                .map(|_| {
+                    let n = if next(5) == 0 { 0 } else { next(40) };
+                    let mut run: Vec<_> = (0..n)
+                        .map(|_| {
+                            let klen = next(13) as usize;
+                            let key = (0..klen).map(|_| b"ab"[next(2) as usize]).collect();
+                            (key, vec![b"xy"[next(2) as usize]])
+                        })
+                        .collect();
+                    run.sort();
+                    run
+                })
+                .collect();
+            let segments: Vec<Segment> = runs.iter().map(|r| segment(r, 64)).collect();
+            let mut want: Vec<(&[u8], &[u8], usize)> = runs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.iter().map(move |(k, v)| (&k[..], &v[..], i)))
+                .collect();
+            want.sort();
+            let merged = Cell::new(0);
+            let mut merge = Merge::new(&segments, &merged).expect("merge");
+            let mut got = Vec::new();
+            while let Some(record) = merge.next_record().expect("record") {
+                got.push(record);
+            }
+            let want_records: Vec<_> = want.iter().map(|&(k, v, _)| (k, v)).collect();
+            assert_eq!(got, want_records, "{k} runs");
+            let total: u64 = segments.iter().map(|s| s.bytes().len() as u64).sum();
+            assert_eq!(merged.get(), total, "{k} runs: every byte credited");
+            // Grouped: each key once, in order, with its values ascending.
+            let mut merge = Merge::new(&segments, &merged).expect("merge");
+            let (mut values, mut keys, mut at) = (Vec::new(), Vec::new(), 0);
+            while let Some(key) = merge.next_key(&mut values).expect("key") {
+                for v in &values {
+                    assert_eq!((key, *v), want_records[at], "{k} runs");
+                    at += 1;
+                }
+                keys.push(key);
+            }
+            assert_eq!(at, want.len());
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "{k} runs: keys once each"
+            );
+        }
     }
 
     #[test]
