@@ -525,6 +525,7 @@ pub fn main_with_default(registry: Registry, default: &str) -> ExitCode {
 }
 
 fn main_from(registry: Registry, default: Option<&str>) -> ExitCode {
+    no_transparent_huge_pages();
     let mut cli = Cli::command();
     let mut added = std::collections::BTreeSet::new();
     for (name, command) in registry.commands() {
@@ -634,6 +635,18 @@ fn init_logging(verbose: bool) {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Opts this process, and the processes it starts (the flag is inherited through fork and
+/// exec: a local cluster's coordinator and workers, a streaming job's commands), out of
+/// transparent huge pages, which mimalloc asks for on its arenas. The kernel zeroes a huge
+/// page whole at first touch, and every map task's fresh sort buffer is touched first:
+/// measured on a 2-core VM (with and without, in turn, 5-15 runs each, twice), without
+/// them a 1 GB terasort takes 12-17% less time (2.24 s -> 1.97 s, 2.72 s -> 2.25 s),
+/// `grep -c` of 1 GB 4-5% less, a one-line job 8-9% less, and word count of 1 GB the same.
+fn no_transparent_huge_pages() {
+    // Refused (a kernel before 3.15, a seccomp filter): run with them, as before.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// Exits the process when standard input reaches end of file (the parent went away),
@@ -1495,6 +1508,27 @@ mod tests {
 
     /// The local cluster renders its daemons' command lines in `launch.rs`; this is the
     /// parser they must agree with.
+    #[test]
+    fn quern_and_the_processes_it_starts_run_without_transparent_huge_pages() {
+        no_transparent_huge_pages();
+        assert_eq!(
+            rustix::thread::transparent_huge_pages_are_disabled().ok(),
+            Some(true)
+        );
+        // Inherited through fork and exec, as a local cluster's processes are started.
+        let status = std::process::Command::new("cat")
+            .arg("/proc/self/status")
+            .output()
+            .expect("cat");
+        let status = String::from_utf8_lossy(&status.stdout);
+        let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
+        assert_eq!(
+            line.and_then(|l| l.split_whitespace().nth(1)),
+            Some("0"),
+            "{line:?}"
+        );
+    }
+
     #[test]
     fn the_local_clusters_daemon_command_lines_parse() {
         let secret = Path::new("/run/secret");
