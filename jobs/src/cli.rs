@@ -1506,8 +1506,6 @@ mod tests {
             .command
     }
 
-    /// The local cluster renders its daemons' command lines in `launch.rs`; this is the
-    /// parser they must agree with.
     #[test]
     fn quern_and_the_processes_it_starts_run_without_transparent_huge_pages() {
         no_transparent_huge_pages();
@@ -1529,6 +1527,8 @@ mod tests {
         );
     }
 
+    /// The local cluster renders its daemons' command lines in `launch.rs`; this is the
+    /// parser they must agree with.
     #[test]
     fn the_local_clusters_daemon_command_lines_parse() {
         let secret = Path::new("/run/secret");
