@@ -200,6 +200,7 @@ struct Model {
     /// One fetch: a round trip, a seek and the transfer.
     fetch_latency: f64,
     replicas: f64,
+    output_write: f64,
     map_cpu: f64,
     map_sort: f64,
     reduce_sort: f64,
@@ -234,6 +235,7 @@ impl Model {
             bisection: p.cluster.bisection_gbps * 1e9 / 8.0,
             fetch_latency: p.cluster.rtt_ms / 1e3 + seek + region / disk_rate + region / nic,
             replicas: f64::from(p.job.output_replicas),
+            output_write: p.cluster.output_write_mb_s * 1e6,
             map_cpu: per_byte(p.costs.map_ns_per_byte),
             map_sort: per_byte(p.costs.map_sort_ns_per_byte),
             reduce_sort: per_byte(p.costs.reduce_sort_ns_per_byte),
@@ -652,7 +654,7 @@ impl Sim {
     }
 
     /// Output bytes/s a reduce can write: its local copy and a peer's copy on its disks,
-    /// the other copies over its NIC, at its CPU's pace.
+    /// the other copies over its NIC, at its CPU's pace and the output file system's.
     fn write_rate(&self, r: &Running, free: f64) -> f64 {
         let md = &self.model;
         let m = &self.machines[r.worker as usize];
@@ -662,7 +664,11 @@ impl Sim {
         } else {
             f64::INFINITY
         };
-        disk.min(nic).min(md.reduce_cpu * m.cpu_factor) * m.share(self.now) * r.speed
+        disk.min(nic)
+            .min(md.output_write)
+            .min(md.reduce_cpu * m.cpu_factor)
+            * m.share(self.now)
+            * r.speed
     }
 
     /// Moves attempt `id` forward by `dt`; `Some(when)` if it finished in this step.

@@ -29,7 +29,8 @@
 //!   `reduce_memory_mb` is spilled to local disk as it arrives; once every map's region is
 //!   in, the reduce reads it back, sorts and merges (CPU), and writes `output_replicas`
 //!   copies: one to its local disk, the others across the network to other machines' disks
-//!   (under the cluster's symmetry, each machine's disk takes one copy from a peer).
+//!   (under the cluster's symmetry, each machine's disk takes one copy from a peer), at no
+//!   more than `output_write_mb_s`, the output file system's pace per writer.
 //! * **Stragglers** ([`params::StragglerParams`]): a few machines whose disks read
 //!   `bad_disk_factor` times slower (§3.6's 30 MB/s → 1 MB/s), a few whose processor
 //!   caches are disabled (`no_cache_factor` slower CPU), and a few that other jobs' tasks

@@ -83,6 +83,9 @@ pub struct ClusterParams {
     pub heartbeat_timeout_ms: u64,
     /// Reduce memory for fetched data, MB; a larger partition is spilled and read back.
     pub reduce_memory_mb: f64,
+    /// Rate one reduce writes its output file at, all replicas, MB/s (the output file
+    /// system's pace per writer, below what its disks and NIC would allow).
+    pub output_write_mb_s: f64,
 }
 
 /// CPU and protocol costs.
@@ -259,6 +262,7 @@ impl Params {
             c.io_chunk_kib,
             c.nic_mb_s,
             c.bisection_gbps,
+            c.output_write_mb_s,
             self.stragglers.bad_disk_factor,
             self.stragglers.busy_factor,
             self.stragglers.no_cache_factor,
