@@ -208,7 +208,17 @@ pub struct Grep {
     /// The pattern compiled to search a whole chunk at once (`^` and `$` at line ends), for
     /// the modes that only count; `None` when a match could cross or depend on a line end
     /// (see `chunk_regex`), or lines are printed.
-    pub chunk_regex: Option<Regex>,
+    pub chunk_regex: Option<ChunkRegex>,
+}
+
+/// A pattern compiled to search many lines as one haystack, for [`Grep::chunk_regex`].
+#[derive(Debug, Clone)]
+pub struct ChunkRegex {
+    regex: Regex,
+    /// No match can hold or stand next to a NUL either, nor be empty: a block holding NULs,
+    /// whose lines GNU grep cuts at them, can be searched at once too, each piece between
+    /// `\n`s and NULs counted once (`^` and `$`, which would not match at a NUL, rule it out).
+    nul_ends: bool,
 }
 
 /// `expr` compiled for searching a chunk of lines as one haystack, when that finds exactly
@@ -216,24 +226,32 @@ pub struct Grep {
 /// the pattern contains one) and no assertion looks at the haystack's own ends (`\A`, `\z`,
 /// `(?-m)^`); `^` and `$` then match at line ends, as they match at a line's ends when each
 /// line is searched alone. ripgrep searches buffers the same way, for the same reason.
-fn chunk_regex(expr: &str, ignore_case: bool) -> Option<Regex> {
+fn chunk_regex(expr: &str, ignore_case: bool) -> Option<ChunkRegex> {
     use regex_syntax::hir::{Class, Hir, HirKind, Look};
-    fn line_bound(h: &Hir) -> bool {
+    /// Whether no match of `h` can hold a byte of `ends`, nor (with a NUL among them) test
+    /// for a line end, which the regex sees only at `\n`.
+    fn line_bound(h: &Hir, ends: &[u8]) -> bool {
+        let line_look = |l: &Look| match l {
+            Look::Start | Look::End | Look::StartCRLF | Look::EndCRLF => true,
+            Look::StartLF | Look::EndLF => ends.contains(&0),
+            _ => false,
+        };
         match h.kind() {
             HirKind::Empty => true,
-            HirKind::Literal(l) => !l.0.contains(&b'\n'),
-            HirKind::Class(Class::Unicode(c)) => {
-                !c.iter().any(|r| r.start() <= '\n' && '\n' <= r.end())
+            HirKind::Literal(l) => !l.0.iter().any(|b| ends.contains(b)),
+            HirKind::Class(Class::Unicode(c)) => !ends.iter().any(|&e| {
+                c.iter()
+                    .any(|r| r.start() <= char::from(e) && char::from(e) <= r.end())
+            }),
+            HirKind::Class(Class::Bytes(c)) => !ends
+                .iter()
+                .any(|&e| c.iter().any(|r| r.start() <= e && e <= r.end())),
+            HirKind::Look(l) => !line_look(l),
+            HirKind::Repetition(r) => line_bound(&r.sub, ends),
+            HirKind::Capture(c) => line_bound(&c.sub, ends),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => {
+                hs.iter().all(|h| line_bound(h, ends))
             }
-            HirKind::Class(Class::Bytes(c)) => {
-                !c.iter().any(|r| r.start() <= b'\n' && b'\n' <= r.end())
-            }
-            HirKind::Look(l) => {
-                !matches!(l, Look::Start | Look::End | Look::StartCRLF | Look::EndCRLF)
-            }
-            HirKind::Repetition(r) => line_bound(&r.sub),
-            HirKind::Capture(c) => line_bound(&c.sub),
-            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().all(line_bound),
         }
     }
     let hir = regex_syntax::ParserBuilder::new()
@@ -243,14 +261,16 @@ fn chunk_regex(expr: &str, ignore_case: bool) -> Option<Regex> {
         .build()
         .parse(expr)
         .ok()?;
-    if !line_bound(&hir) {
+    if !line_bound(&hir, b"\n") {
         return None;
     }
-    RegexBuilder::new(expr)
+    let regex = RegexBuilder::new(expr)
         .case_insensitive(ignore_case)
         .multi_line(true)
         .build()
-        .ok()
+        .ok()?;
+    let nul_ends = line_bound(&hir, b"\n\0") && !regex.is_match(b"");
+    Some(ChunkRegex { regex, nul_ends })
 }
 
 impl Grep {
@@ -489,7 +509,8 @@ fn line_blocks(bytes: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
 
 /// Lines of `bytes` holding a match of `regex` (a [`chunk_regex`]), up to the first one
 /// with `first`: one search of the chunk, going on from the next line after each match.
-fn matching_lines(regex: &Regex, bytes: &[u8], first: bool) -> u64 {
+/// With `nul_ends` (only for a [`ChunkRegex::nul_ends`] pattern) a NUL ends a line too.
+fn matching_lines(regex: &Regex, bytes: &[u8], first: bool, nul_ends: bool) -> u64 {
     if bytes.is_empty() {
         return 0;
     }
@@ -499,7 +520,13 @@ fn matching_lines(regex: &Regex, bytes: &[u8], first: bool) -> u64 {
     let (mut lines, mut at) = (0u64, 0usize);
     while let Some(m) = regex.find_at(hay, at) {
         lines += 1;
-        match memchr::memchr(b'\n', &hay[m.start()..]) {
+        let rest = &hay[m.start()..];
+        let end = if nul_ends {
+            memchr::memchr2(b'\n', 0, rest)
+        } else {
+            memchr::memchr(b'\n', rest)
+        };
+        match end {
             Some(i) if !first => at = m.start() + i + 1,
             _ => break,
         }
@@ -560,24 +587,29 @@ impl Job for Grep {
     }
 
     /// `-c`, `-l` and `-q`: one search of each block of whole lines of the chunk (see
-    /// `chunk_regex`); after each match the search goes on from the next line. A chunk
-    /// holding a NUL, whose lines GNU grep cuts at its NULs, is searched line by line. The
-    /// NUL check, the line count (`map.input.records`) and the search read each block while
-    /// it is in cache: three passes over memory would cost more than the search.
+    /// `chunk_regex`); after each match the search goes on from the next line. A block
+    /// holding a NUL, whose lines GNU grep cuts at its NULs, is searched the same way with
+    /// NULs ending lines too when the pattern allows it (`ChunkRegex::nul_ends`, and no
+    /// `-v`: the pieces it selects would need counting); otherwise the chunk is searched
+    /// line by line. The NUL check, the line count (`map.input.records`) and the search
+    /// read each block while it is in cache: three passes over memory would cost more
+    /// than the search.
     fn map_chunk(&self, split: &SplitInfo<'_>, bytes: &[u8], ctx: &mut MapContext<'_>) -> bool {
-        let Some(regex) = &self.chunk_regex else {
+        let Some(chunk) = &self.chunk_regex else {
             return false;
         };
         // With -q one selected line says it all.
         let first = self.mode == GrepMode::Quiet && !self.invert;
         let (mut lines, mut matching) = (0u64, 0u64);
+        let nul_ok = chunk.nul_ends && !self.invert;
         for block in line_blocks(bytes, CACHE_BLOCK) {
-            if memchr::memchr(0, block).is_some() {
+            let nul = memchr::memchr(0, block).is_some();
+            if nul && !nul_ok {
                 return false;
             }
             lines += line_count(block);
             if !(first && matching > 0) {
-                matching += matching_lines(regex, block, first);
+                matching += matching_lines(&chunk.regex, block, first, nul);
             }
         }
         ctx.chunk_lines(lines);
@@ -710,12 +742,13 @@ mod tests {
                     .split(|b| *b == b'\n');
                 let want = lines.filter(|l| per_line.is_match(l)).count() as u64;
                 let what = format!("{expr:?} ending {end:?}");
-                assert_eq!(matching_lines(&chunk, &text, false), want, "{what}");
-                assert_eq!(matching_lines(&chunk, &text, true), want.min(1), "{what}");
+                let found = |first| matching_lines(&chunk.regex, &text, first, false);
+                assert_eq!(found(false), want, "{what}");
+                assert_eq!(found(true), want.min(1), "{what}");
             }
         }
         assert_eq!(
-            matching_lines(&chunk_regex("^$", false).unwrap(), b"", false),
+            matching_lines(&chunk_regex("^$", false).unwrap().regex, b"", false, false),
             0
         );
         // A pattern that could match across or at the chunk's own ends is searched per line.
@@ -723,6 +756,49 @@ mod tests {
             r"a\nb", r"[^a]", r"\s", "(?s).", r"\Aalpha", r"alpha\z", "(?-m)^a", "(?R)^a",
         ] {
             assert!(chunk_regex(expr, false).is_none(), "{expr:?}");
+        }
+    }
+
+    /// A block holding NULs is searched at once for the patterns that cannot hold, look
+    /// for or stand for a line end or be empty, and counts the pieces between `\n`s and
+    /// NULs that a search of each piece would select.
+    #[test]
+    fn a_block_with_nuls_searched_at_once_counts_the_pieces_that_match() {
+        let text: &[u8] = b"foo\0bar\nfoo foo\0\0xfoo\n\0\nbar\0baz foo\nfoofoo\0";
+        let cases: &[(&str, bool)] = &[
+            ("foo", false),
+            ("FOO", true),
+            ("ba[rz]", false),
+            (r"\bfoo\b", false),
+            ("(?-u:\\b)foo(?-u:\\b)", false),
+            ("o+ f", false),
+            ("zzz", false),
+        ];
+        for &(expr, ignore_case) in cases {
+            let per_piece = RegexBuilder::new(expr)
+                .case_insensitive(ignore_case)
+                .build()
+                .unwrap();
+            let chunk = chunk_regex(expr, ignore_case).expect("searched at once");
+            assert!(chunk.nul_ends, "{expr:?} can be searched across NULs");
+            for end in [&b""[..], b"\n", b"\0\n"] {
+                let text = [text, end].concat();
+                let pieces = text
+                    .strip_suffix(b"\n")
+                    .unwrap_or(&text)
+                    .split(|b| *b == b'\n' || *b == 0);
+                let want = pieces.filter(|l| per_piece.is_match(l)).count() as u64;
+                let what = format!("{expr:?} ending {end:?}");
+                let found = |first| matching_lines(&chunk.regex, &text, first, true);
+                assert_eq!(found(false), want, "{what}");
+                assert_eq!(found(true), want.min(1), "{what}");
+            }
+        }
+        // Line anchors (which match only at `\n`), NULs in the pattern and empty matches
+        // keep a block with NULs searched line by line.
+        for expr in ["^foo", "foo$", "(?m)^", "[^a]", "foo\\x00", "a*", r"\W"] {
+            let chunk = chunk_regex(expr, false);
+            assert!(!chunk.is_some_and(|c| c.nul_ends), "{expr:?}");
         }
     }
 

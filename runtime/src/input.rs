@@ -173,14 +173,14 @@ fn walk_dir(dir: &Path, walk: Walk) -> Result<Vec<(PathBuf, u64)>> {
                     if !entry.file_type().is_some_and(|t| t.is_file()) {
                         return ignore::WalkState::Continue;
                     }
+                    // Opened here so that an unreadable file is refused before the job
+                    // starts; its size comes from the open file (fstat), not from a
+                    // second lookup of its path.
                     let path = entry.path();
-                    let size = match entry.metadata() {
+                    let size = match File::open(path).and_then(|f| f.metadata()) {
                         Ok(m) => m.len(),
-                        Err(e) => return fail(walk_error(dir, e)),
+                        Err(e) => return fail(Error::io(path, e)),
                     };
-                    if let Err(e) = File::open(path) {
-                        return fail(Error::io(path, e));
-                    }
                     found
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -868,7 +868,7 @@ fn binary_corpus(dir: &Path) -> Vec<PathBuf> {
 fn grep_binary_files_match_gnu_grep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = binary_corpus(dir.path());
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 15] = [
         &["foo"],
         &["^bar"],
         &["-v", "foo"],
@@ -881,6 +881,10 @@ fn grep_binary_files_match_gnu_grep() {
         &["-q", "^bar"],
         &["nothing"],
         &["-c", "nothing"],
+        // Searched a block at a time, NULs ending lines (`ChunkRegex::nul_ends`).
+        &["-c", "foo"],
+        &["-c", "-i", "-w", "foo"],
+        &["-l", "ba[rz]"],
     ];
     let sets: Vec<&[PathBuf]> = (0..files.len())
         .map(|i| &files[i..=i])
