@@ -708,6 +708,34 @@ mod tests {
         assert_eq!(NumberedKey::decode(&chunk[..11]), None);
     }
 
+    /// `matching_lines` over `text` + each of `ends` counts the lines (with `nul_ends`, the
+    /// pieces between `\n`s and NULs) that `expr` matches searched one by one.
+    fn assert_counts_lines(
+        chunk: &ChunkRegex,
+        expr: &str,
+        ignore_case: bool,
+        text: &[u8],
+        ends: &[&[u8]],
+        nul_ends: bool,
+    ) {
+        let per_line = RegexBuilder::new(expr)
+            .case_insensitive(ignore_case)
+            .build()
+            .unwrap();
+        for end in ends {
+            let text = [text, end].concat();
+            let lines = text
+                .strip_suffix(b"\n")
+                .unwrap_or(&text)
+                .split(|b| *b == b'\n' || (nul_ends && *b == 0));
+            let want = lines.filter(|l| per_line.is_match(l)).count() as u64;
+            let what = format!("{expr:?} ending {end:?}");
+            let found = |first| matching_lines(&chunk.regex, &text, first, nul_ends);
+            assert_eq!(found(false), want, "{what}");
+            assert_eq!(found(true), want.min(1), "{what}");
+        }
+    }
+
     #[test]
     fn a_chunk_searched_at_once_finds_the_lines_a_search_per_line_finds() {
         let text: &[u8] = b"alpha beta\n\nbeta\r\nxalpha\n  \nthe word alpha.\nlast alpha";
@@ -727,25 +755,17 @@ mod tests {
             ("zzz", false),
         ];
         for &(expr, ignore_case) in cases {
-            let per_line = RegexBuilder::new(expr)
-                .case_insensitive(ignore_case)
-                .build()
-                .unwrap();
             let chunk = chunk_regex(expr, ignore_case)
                 .unwrap_or_else(|| panic!("{expr:?} cannot cross a line"));
             // Ending without a newline, with one, and with an empty last line.
-            for end in [&b""[..], b"\n", b"\n\n"] {
-                let text = [text, end].concat();
-                let lines = text
-                    .strip_suffix(b"\n")
-                    .unwrap_or(&text)
-                    .split(|b| *b == b'\n');
-                let want = lines.filter(|l| per_line.is_match(l)).count() as u64;
-                let what = format!("{expr:?} ending {end:?}");
-                let found = |first| matching_lines(&chunk.regex, &text, first, false);
-                assert_eq!(found(false), want, "{what}");
-                assert_eq!(found(true), want.min(1), "{what}");
-            }
+            assert_counts_lines(
+                &chunk,
+                expr,
+                ignore_case,
+                text,
+                &[b"", b"\n", b"\n\n"],
+                false,
+            );
         }
         assert_eq!(
             matching_lines(&chunk_regex("^$", false).unwrap().regex, b"", false, false),
@@ -775,24 +795,16 @@ mod tests {
             ("zzz", false),
         ];
         for &(expr, ignore_case) in cases {
-            let per_piece = RegexBuilder::new(expr)
-                .case_insensitive(ignore_case)
-                .build()
-                .unwrap();
             let chunk = chunk_regex(expr, ignore_case).expect("searched at once");
             assert!(chunk.nul_ends, "{expr:?} can be searched across NULs");
-            for end in [&b""[..], b"\n", b"\0\n"] {
-                let text = [text, end].concat();
-                let pieces = text
-                    .strip_suffix(b"\n")
-                    .unwrap_or(&text)
-                    .split(|b| *b == b'\n' || *b == 0);
-                let want = pieces.filter(|l| per_piece.is_match(l)).count() as u64;
-                let what = format!("{expr:?} ending {end:?}");
-                let found = |first| matching_lines(&chunk.regex, &text, first, true);
-                assert_eq!(found(false), want, "{what}");
-                assert_eq!(found(true), want.min(1), "{what}");
-            }
+            assert_counts_lines(
+                &chunk,
+                expr,
+                ignore_case,
+                text,
+                &[b"", b"\n", b"\0\n"],
+                true,
+            );
         }
         // Line anchors (which match only at `\n`), NULs in the pattern and empty matches
         // keep a block with NULs searched line by line.
