@@ -871,7 +871,7 @@ impl RunArgs {
         // Workers run elsewhere and in another directory: they get absolute paths. Made
         // absolute, not canonical: the planner already opened every file, and resolving
         // each path's symlinks is a readlink per component (a third of the client's time
-        // over a source tree of 47k files).
+        // over a source tree of tens of thousands of files).
         let inputs: Vec<InputFile> = job
             .plan
             .inputs

@@ -215,9 +215,9 @@ pub struct Grep {
 #[derive(Debug, Clone)]
 pub struct ChunkRegex {
     regex: Regex,
-    /// No match can hold or stand next to a NUL either, nor be empty: a block holding NULs,
-    /// whose lines GNU grep cuts at them, can be searched at once too, each piece between
-    /// `\n`s and NULs counted once (`^` and `$`, which would not match at a NUL, rule it out).
+    /// No match can hold a NUL either, nor be empty, and the pattern has no `^` or `$`
+    /// (which would not match at a NUL): a block holding NULs, whose lines GNU grep cuts at
+    /// them, can be searched at once too, each piece between `\n`s and NULs counted once.
     nul_ends: bool,
 }
 
